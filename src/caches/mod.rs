@@ -1,0 +1,427 @@
+//! `DiskCache`: a persistent key/value cache shared safely by threads and processes, with a
+//! compute-once [`DiskCache::get_or_load`].
+//!
+//! ```
+//! use dbx_concurio::caches::{DiskCache, DiskCacheValue};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! let cache = DiskCache::builder().directory(tmp.path()).name("my_cache").build()?;
+//! let v: DiskCacheValue<String> = cache.get_or_load(
+//!     "greeting",
+//!     || Ok::<_, std::io::Error>("hello".to_string()),
+//!     Some(Duration::from_secs(3600)),
+//! )?;
+//! assert_eq!(v.value, "hello");
+//! # Ok(()) }
+//! ```
+
+mod record;
+mod store;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use store::Durability;
+
+use crate::dirs::{self, Location};
+use crate::error::{BoxError, Error, Result};
+use crate::lock::{FileLock, LockMode};
+use record::Meta;
+use store::{Lookup, Store};
+
+/// A value read from the cache, with the time it was loaded (or set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiskCacheValue<T> {
+    /// The value.
+    pub value: T,
+    /// When the value was loaded or set (wall clock, shared by all processes).
+    pub load_timestamp: SystemTime,
+    /// When the entry expires, if it does.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl<T> DiskCacheValue<T> {
+    /// Takes the value out.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+
+    /// How long ago the value was loaded (zero if the clock went backwards).
+    pub fn age(&self) -> Duration {
+        self.load_timestamp.elapsed().unwrap_or_default()
+    }
+}
+
+impl<T> std::ops::Deref for DiskCacheValue<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// An entry's key and metadata, without its value (see [`DiskCache::entries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    /// The key.
+    pub key: String,
+    /// When the value was loaded or set.
+    pub load_timestamp: SystemTime,
+    /// When the entry expires, if it does.
+    pub expires_at: Option<SystemTime>,
+    /// Size of the encoded value in bytes.
+    pub size: u64,
+    /// True if the value is stored in its own file (large values).
+    pub in_file: bool,
+    /// True if the entry has expired (it is removed by the next purge).
+    pub expired: bool,
+}
+
+/// A persistent key/value cache that many threads and processes can share.
+///
+/// Values are any `serde` type, stored as MessagePack with field names (so reading a value
+/// as the wrong type is an error, not garbage). Cloning is cheap and shares the same store.
+#[derive(Clone)]
+pub struct DiskCache {
+    store: Arc<Store>,
+    lock_timeout: Option<Duration>,
+}
+
+/// Configures and opens a [`DiskCache`]; see [`DiskCache::builder`].
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct DiskCacheBuilder {
+    location: Location,
+    name: Option<String>,
+    fallback: bool,
+    durability: Durability,
+    lock_timeout: Option<Duration>,
+}
+
+impl Default for DiskCacheBuilder {
+    fn default() -> Self {
+        DiskCacheBuilder {
+            location: Location::Default,
+            name: None,
+            fallback: true,
+            durability: Durability::default(),
+            lock_timeout: None,
+        }
+    }
+}
+
+impl DiskCacheBuilder {
+    /// Use exactly this directory (created if missing).
+    pub fn directory(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.location = Location::Directory(dir.into());
+        self
+    }
+
+    /// Use a cache that belongs to `file`: `<base>/dbx_concurio-<hash of its absolute path>`.
+    /// The file need not exist.
+    pub fn for_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.location = Location::File(file.into());
+        self
+    }
+
+    /// The spec's rule: an existing regular file means [`for_file`](Self::for_file), anything
+    /// else [`directory`](Self::directory).
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.location = Location::Auto(path.into());
+        self
+    }
+
+    /// Append `name` (a relative path without `..`) to the resolved directory.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// If the chosen directory cannot be created or written, warn and use the default
+    /// location instead (on by default, as the spec says). `false` makes it an error.
+    pub fn fallback(mut self, fallback: bool) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
+    /// What the cache keeps across machine crashes; see [`Durability`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Give up with [`Error::Busy`] after waiting this long for another loader of the same
+    /// key. By default, waits as long as the other loader runs.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = Some(timeout);
+        self
+    }
+
+    /// Resolves the directory, creates it, and opens the cache.
+    pub fn build(self) -> Result<DiskCache> {
+        let dir = dirs::resolve_and_prepare(&self.location, self.name.as_deref(), self.fallback)?;
+        Ok(DiskCache {
+            store: store::open(&dir, self.durability)?,
+            lock_timeout: self.lock_timeout,
+        })
+    }
+}
+
+impl DiskCache {
+    /// Opens the cache `name` in the default location, `<base>/dbx_concurio/<name>`.
+    pub fn new(name: impl AsRef<str>) -> Result<Self> {
+        Self::builder().name(name.as_ref()).build()
+    }
+
+    /// A builder for a cache anywhere, with options.
+    pub fn builder() -> DiskCacheBuilder {
+        DiskCacheBuilder::default()
+    }
+
+    /// The directory this cache lives in.
+    pub fn directory(&self) -> &Path {
+        self.store.dir()
+    }
+
+    /// Reads `key`. `None` if it is missing or expired. Takes no lock.
+    ///
+    /// Errors: [`Error::Decode`] if the value is not a `T`; [`Error::Corrupt`] if its bytes
+    /// fail their checksum.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<DiskCacheValue<T>>> {
+        let now = now_ns();
+        match self.lookup(key, |meta| !meta.expired(now))? {
+            Lookup::Found(meta, value) => Ok(Some(to_value(value, meta))),
+            Lookup::Missing | Lookup::Rejected => Ok(None),
+        }
+    }
+
+    /// Stores `value` under `key`, replacing any previous value; `expire` = `None` keeps it
+    /// until deleted. Readers see the old or the new value, whole.
+    pub fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        expire: Option<Duration>,
+    ) -> Result<()> {
+        let payload = encode(key, value)?;
+        let now = now_ns();
+        self.store.put(key, now, expiry_ns(now, expire), &payload)
+    }
+
+    /// Returns the value of `key` if it is younger than `expire` (and not expired); else runs
+    /// `loader` and stores its value with that expiry.
+    ///
+    /// The loader runs **once** across all threads and processes that ask for the same key
+    /// at the same time: the others wait for it and then read its value. A valid entry is
+    /// read without taking any lock. If the loader fails, nothing is stored and its error is
+    /// returned inside [`Error::Loader`]; a waiting caller then runs its own loader. If it
+    /// panics, the locks are released and the panic continues.
+    pub fn get_or_load<T, E, F>(
+        &self,
+        key: &str,
+        loader: F,
+        expire: Option<Duration>,
+    ) -> Result<DiskCacheValue<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> std::result::Result<T, E>,
+        E: Into<BoxError>,
+    {
+        if let Some(hit) = self.fresh(key, expire)? {
+            return Ok(hit);
+        }
+        // Miss: one thread of this process, then one process, per key. Guards drop in reverse
+        // order, also when the loader panics.
+        let lock_path = self.store.key_lock_path(key);
+        let _thread = self
+            .store
+            .key_locks
+            .lock(key, self.lock_timeout, &lock_path)?;
+        let _process = FileLock::acquire(&lock_path, LockMode::Exclusive, self.lock_timeout)?;
+        if let Some(hit) = self.fresh(key, expire)? {
+            return Ok(hit); // another thread or process loaded it while we waited
+        }
+        let value = loader().map_err(|e| Error::Loader {
+            key: key.to_owned(),
+            source: e.into(),
+        })?;
+        let payload = encode(key, &value)?;
+        let now = now_ns();
+        let expire_ns = expiry_ns(now, expire);
+        self.store.put(key, now, expire_ns, &payload)?;
+        Ok(to_value(
+            value,
+            Meta {
+                load_ns: now,
+                expire_ns,
+                payload_len: payload.len() as u64,
+            },
+        ))
+    }
+
+    /// Removes `key`; true if it was there.
+    pub fn delete(&self, key: &str) -> Result<bool> {
+        self.store.delete(key)
+    }
+
+    /// True if `key` holds a value that has not expired.
+    pub fn contains(&self, key: &str) -> Result<bool> {
+        let now = now_ns();
+        Ok(matches!(
+            self.store
+                .lookup(key, |meta| !meta.expired(now), |_| Ok(()))?,
+            Lookup::Found(..)
+        ))
+    }
+
+    /// Gives `key` a new expiry, counted from now (`None` = never); true if it was there.
+    pub fn touch(&self, key: &str, expire: Option<Duration>) -> Result<bool> {
+        let now = now_ns();
+        self.store.touch(key, |meta| {
+            if meta.expired(now) {
+                meta.expire_ns
+            } else {
+                expiry_ns(now, expire)
+            }
+        })
+    }
+
+    /// Number of entries that have not expired. Reads every record's header (no values).
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.entries()?.into_iter().filter(|e| !e.expired).count())
+    }
+
+    /// True if there is no unexpired entry.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The keys of all unexpired entries, as a snapshot (in byte order for keys of up to
+    /// 400 bytes, then longer keys).
+    pub fn keys(&self) -> Result<Vec<String>> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|e| !e.expired)
+            .map(|e| e.key)
+            .collect())
+    }
+
+    /// Every entry's key and metadata, expired ones included (marked), as a snapshot.
+    pub fn entries(&self) -> Result<Vec<EntryInfo>> {
+        let now = now_ns();
+        Ok(self
+            .store
+            .entries()?
+            .into_iter()
+            .map(|e| EntryInfo {
+                key: e.key,
+                load_timestamp: from_ns(e.meta.load_ns),
+                expires_at: (e.meta.expire_ns != 0).then(|| from_ns(e.meta.expire_ns)),
+                size: e.meta.payload_len,
+                in_file: e.in_file,
+                expired: e.meta.expired(now),
+            })
+            .collect())
+    }
+
+    /// Removes every entry; returns how many there were.
+    pub fn clear(&self) -> Result<usize> {
+        self.store.remove_where(|_| true)
+    }
+
+    /// Removes expired entries (and unreadable records); returns how many.
+    pub fn purge_expired(&self) -> Result<usize> {
+        let now = now_ns();
+        self.store.remove_where(|meta| meta.expired(now))
+    }
+
+    /// The entry, if it is valid for `get_or_load` (unexpired and younger than `expire`).
+    /// A corrupt entry counts as missing here: it is reloaded and overwritten.
+    fn fresh<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        expire: Option<Duration>,
+    ) -> Result<Option<DiskCacheValue<T>>> {
+        let now = now_ns();
+        let max_age = expire.map(|d| d.as_nanos());
+        let valid = |meta: &Meta| {
+            !meta.expired(now)
+                && max_age.is_none_or(|max| u128::from(now.saturating_sub(meta.load_ns)) < max)
+        };
+        match self.lookup(key, valid) {
+            Ok(Lookup::Found(meta, value)) => Ok(Some(to_value(value, meta))),
+            Ok(Lookup::Missing | Lookup::Rejected) => Ok(None),
+            Err(err @ Error::Corrupt { .. }) => {
+                tracing::warn!("{err}; loading it again");
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn lookup<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        accept: impl Fn(&Meta) -> bool,
+    ) -> Result<Lookup<T>> {
+        self.store.lookup(key, accept, |bytes| {
+            rmp_serde::from_slice(bytes).map_err(|e| Error::Decode {
+                key: key.to_owned(),
+                type_name: std::any::type_name::<T>(),
+                source: Box::new(e),
+            })
+        })
+    }
+}
+
+impl fmt::Debug for DiskCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskCache")
+            .field("directory", &self.directory())
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(value).map_err(|e| Error::Encode {
+        key: key.to_owned(),
+        source: Box::new(e),
+    })
+}
+
+fn to_value<T>(value: T, meta: Meta) -> DiskCacheValue<T> {
+    DiskCacheValue {
+        value,
+        load_timestamp: from_ns(meta.load_ns),
+        expires_at: (meta.expire_ns != 0).then(|| from_ns(meta.expire_ns)),
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn from_ns(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+/// The stored expiry: 0 means never.
+fn expiry_ns(now: u64, expire: Option<Duration>) -> u64 {
+    match expire {
+        None => 0,
+        Some(d) => now
+            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .max(1),
+    }
+}

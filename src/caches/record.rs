@@ -1,0 +1,240 @@
+//! The index record: one per key, stored as the LMDB value (format version 1).
+//!
+//! ```text
+//! offset size  field
+//!  0      1    format version (1)
+//!  1      1    flags: 1 = payload lives in a blob file, 2 = full key stored (long key)
+//!  2      2    reserved, 0
+//!  4      4    CRC-32 of bytes 0..4 and of every byte from offset 8 to the end
+//!  8      8    load timestamp, ns since the Unix epoch
+//! 16      8    expiry, ns since the Unix epoch; 0 = never
+//! 24      4    stored-key length (0 unless flag 2)
+//! 28      8    payload length (inline bytes, or the blob file's length)
+//! 36      -    stored key, then either the inline payload (MessagePack)
+//!              or the blob reference: CRC-32 of the blob file, then its file name
+//! ```
+//!
+//! Every decoder of on-disk bytes checks lengths before slicing and returns an error string,
+//! never panics: the index may have been damaged by hand or by a lost power supply.
+
+/// The record format this build reads and writes.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 36;
+const FLAG_BLOB: u8 = 1;
+const FLAG_KEY: u8 = 2;
+
+/// Timestamps and size of an entry, without its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) load_ns: u64,
+    /// 0 = never expires.
+    pub(crate) expire_ns: u64,
+    pub(crate) payload_len: u64,
+}
+
+impl Meta {
+    /// Whether the entry's own expiry has passed at `now_ns`.
+    pub(crate) fn expired(&self, now_ns: u64) -> bool {
+        self.expire_ns != 0 && now_ns >= self.expire_ns
+    }
+}
+
+/// Where the value bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Body<'a> {
+    Inline(&'a [u8]),
+    Blob { crc: u32, name: &'a str },
+}
+
+/// A decoded record, borrowing from the index's memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record<'a> {
+    pub(crate) meta: Meta,
+    /// The full key, present only for keys too long to be the index key themselves.
+    pub(crate) stored_key: Option<&'a [u8]>,
+    pub(crate) body: Body<'a>,
+}
+
+impl<'a> Record<'a> {
+    /// Serializes a record.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let key = self.stored_key.unwrap_or_default();
+        let (flags, body_len) = match self.body {
+            Body::Inline(bytes) => (0, bytes.len()),
+            Body::Blob { name, .. } => (FLAG_BLOB, 4 + name.len()),
+        };
+        let flags = flags
+            | if self.stored_key.is_some() {
+                FLAG_KEY
+            } else {
+                0
+            };
+        let mut out = Vec::with_capacity(HEADER_LEN + key.len() + body_len);
+        out.extend_from_slice(&[FORMAT_VERSION, flags, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&self.meta.load_ns.to_le_bytes());
+        out.extend_from_slice(&self.meta.expire_ns.to_le_bytes());
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.meta.payload_len.to_le_bytes());
+        out.extend_from_slice(key);
+        match self.body {
+            Body::Inline(bytes) => out.extend_from_slice(bytes),
+            Body::Blob { crc, name } => {
+                out.extend_from_slice(&crc.to_le_bytes());
+                out.extend_from_slice(name.as_bytes());
+            }
+        }
+        let crc = checksum(&out);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses and verifies a record. The error says what is wrong, for [`Error::Corrupt`].
+    ///
+    /// [`Error::Corrupt`]: crate::Error::Corrupt
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, String> {
+        let header: &[u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| format!("record of {} bytes is shorter than its header", bytes.len()))?;
+        if header[0] != FORMAT_VERSION {
+            return Err(format!(
+                "record format {} is not {FORMAT_VERSION}",
+                header[0]
+            ));
+        }
+        let flags = header[1];
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&header[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let crc = u32_at(4);
+        if checksum(bytes) != crc {
+            return Err("record checksum mismatch".into());
+        }
+        let meta = Meta {
+            load_ns: u64_at(8),
+            expire_ns: u64_at(16),
+            payload_len: u64_at(28),
+        };
+        let key_len = u32_at(24) as usize;
+        let rest = &bytes[HEADER_LEN..];
+        if rest.len() < key_len {
+            return Err("stored key runs past the record".into());
+        }
+        let (key, rest) = rest.split_at(key_len);
+        let stored_key = (flags & FLAG_KEY != 0).then_some(key);
+        let body = if flags & FLAG_BLOB != 0 {
+            let (crc, name) = rest
+                .split_first_chunk::<4>()
+                .ok_or("blob reference is truncated")?;
+            let name = std::str::from_utf8(name)
+                .ok()
+                .filter(|n| valid_blob_name(n))
+                .ok_or("blob file name is invalid")?;
+            Body::Blob {
+                crc: u32::from_le_bytes(*crc),
+                name,
+            }
+        } else {
+            if rest.len() as u64 != meta.payload_len {
+                return Err("inline payload length mismatch".into());
+            }
+            Body::Inline(rest)
+        };
+        Ok(Record {
+            meta,
+            stored_key,
+            body,
+        })
+    }
+}
+
+/// CRC-32 over the whole record except the checksum field itself.
+fn checksum(record: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&record[..4]);
+    hasher.update(&record[8..]);
+    hasher.finalize()
+}
+
+/// Blob names are generated by us; anything else (a `/`, a `..`) is corruption, and must
+/// never become a path outside the blob directory.
+pub(crate) fn valid_blob_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(body: Body<'_>, key: Option<&'static [u8]>) -> Vec<u8> {
+        Record {
+            meta: Meta {
+                load_ns: 7,
+                expire_ns: 9,
+                payload_len: 3,
+            },
+            stored_key: key,
+            body,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn round_trips_inline_and_blob() {
+        let bytes = sample(Body::Inline(b"abc"), Some(b"long key"));
+        let rec = Record::decode(&bytes).unwrap();
+        assert_eq!(rec.body, Body::Inline(b"abc"));
+        assert_eq!(rec.stored_key, Some(&b"long key"[..]));
+        assert_eq!((rec.meta.load_ns, rec.meta.expire_ns), (7, 9));
+
+        let bytes = sample(
+            Body::Blob {
+                crc: 5,
+                name: "v-abc.blob",
+            },
+            None,
+        );
+        let rec = Record::decode(&bytes).unwrap();
+        assert_eq!(
+            rec.body,
+            Body::Blob {
+                crc: 5,
+                name: "v-abc.blob"
+            }
+        );
+        assert_eq!(rec.stored_key, None);
+    }
+
+    #[test]
+    fn every_flipped_bit_and_truncation_is_detected() {
+        let bytes = sample(Body::Inline(b"abc"), Some(b"k"));
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut bad = bytes.clone();
+                bad[i] ^= 1 << bit;
+                assert!(Record::decode(&bad).is_err(), "flip at byte {i} bit {bit}");
+            }
+        }
+        for len in 0..bytes.len() {
+            assert!(Record::decode(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+    }
+
+    #[test]
+    fn blob_names_cannot_escape() {
+        for bad in ["", "../x", "a/b", ".hidden", "x\0y", &"a".repeat(65)] {
+            assert!(!valid_blob_name(bad), "{bad:?}");
+        }
+        assert!(valid_blob_name("v-AbC123.blob"));
+    }
+}

@@ -1,0 +1,648 @@
+//! Storage: an LMDB index (one record per key) plus one file per large value, and the
+//! open / recovery / close protocol that keeps several processes and reboots safe.
+//!
+//! Directory layout (see docs/design.md):
+//! ```text
+//! <dir>/.dbx-concurio   marker: "dbx-concurio cache format 1"
+//! <dir>/.state          "<boot id> clean|dirty": were unsynced writes pending at a reboot?
+//! <dir>/.open.lock      shared while open; exclusive for recovery and clean close
+//! <dir>/.key-locks/NNN.lock   256 striped get_or_load locks
+//! <dir>/index/          LMDB data.mdb + lock.mdb
+//! <dir>/blobs/v-*.blob  values larger than INLINE_MAX
+//! ```
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RwTxn};
+use sha2::{Digest, Sha256};
+
+use super::record::{Body, FORMAT_VERSION, Meta, Record};
+use crate::error::{Error, IoContext, Result};
+use crate::lock::{FileLock, KeyLocks, LockMode};
+use crate::sys;
+
+/// Values whose encoding is larger than this go to their own file (as python-diskcache does):
+/// the index stays small and dense, and big reads are plain file reads.
+pub(crate) const INLINE_MAX: usize = 32 * 1024;
+/// Keys up to this many bytes are the index key itself; longer ones are hashed (LMDB keys
+/// are at most 511 bytes) and stored in full inside the record.
+const MAX_LITERAL_KEY: usize = 400;
+/// Number of interprocess key-lock files: fixed, so lock files never pile up per key.
+pub(crate) const KEY_LOCK_STRIPES: u32 = 256;
+/// LMDB reader slots: one per thread that ever read the cache, in all processes together.
+const MAX_READERS: u32 = 1024;
+const MARKER: &str = ".dbx-concurio";
+const MARKER_TEXT: &str = "dbx-concurio cache format 1\n";
+
+/// How much a cache promises to keep when the machine, not just a process, goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Commits are not fsynced (microseconds per write). A process crash loses nothing that
+    /// was committed; after a power loss or kernel crash with unsynced writes pending, the
+    /// cache is reset on the next open (detected through the boot id): it can lose entries,
+    /// never return a corrupt one.
+    #[default]
+    Fast,
+    /// Every commit is fsynced (hundreds of microseconds per write): committed entries
+    /// survive power loss too.
+    Synced,
+}
+
+/// One opened cache directory, shared by every `DiskCache` of this process that uses it
+/// (LMDB must not be opened twice by one process).
+pub(crate) struct Store {
+    dir: PathBuf,
+    index_dir: PathBuf,
+    blob_dir: PathBuf,
+    lock_dir: PathBuf,
+    /// Closed explicitly in `Drop`, under the registry lock, before the open lock is released.
+    env: ManuallyDrop<Env>,
+    db: Database<Bytes, Bytes>,
+    durability: Durability,
+    open_lock: FileLock,
+    pub(crate) key_locks: KeyLocks,
+}
+
+/// What a lookup found.
+pub(crate) enum Lookup<R> {
+    Missing,
+    /// Present, but refused by the caller's `accept` (expired or stale).
+    Rejected,
+    Found(Meta, R),
+}
+
+/// An entry without its value, for listings.
+#[derive(Debug, Clone)]
+pub(crate) struct EntryInfo {
+    pub(crate) key: String,
+    pub(crate) meta: Meta,
+    pub(crate) in_file: bool,
+}
+
+static REGISTRY: LazyLock<Mutex<HashMap<PathBuf, Weak<Store>>>> = LazyLock::new(Default::default);
+
+/// Opens `dir` (which must exist), or returns the store this process already has open there.
+pub(crate) fn open(dir: &Path, durability: Durability) -> Result<Arc<Store>> {
+    let canonical = fs::canonicalize(dir).at("resolve", dir)?;
+    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(store) = registry.get(&canonical).and_then(Weak::upgrade) {
+        if store.durability != durability {
+            tracing::debug!(
+                "{} is already open with {:?}; keeping it",
+                canonical.display(),
+                store.durability
+            );
+        }
+        return Ok(store);
+    }
+    let store = Arc::new(Store::open(canonical.clone(), durability)?);
+    registry.insert(canonical, Arc::downgrade(&store));
+    Ok(store)
+}
+
+impl Store {
+    fn open(dir: PathBuf, durability: Durability) -> Result<Self> {
+        let index_dir = dir.join("index");
+        let blob_dir = dir.join("blobs");
+        let lock_dir = dir.join(".key-locks");
+        for sub in [&index_dir, &blob_dir, &lock_dir] {
+            sys::create_private_dir_all(sub).at("create directory", sub)?;
+        }
+        // The first process to open the cache (nobody holds the lock shared) checks and, if
+        // needed, resets it; everyone then holds the lock shared until they close.
+        let open_lock_path = dir.join(".open.lock");
+        let (open_lock, first) = match FileLock::try_acquire(&open_lock_path, LockMode::Exclusive)?
+        {
+            Some(lock) => (lock, true),
+            None => (
+                FileLock::acquire(&open_lock_path, LockMode::Shared, None)?,
+                false,
+            ),
+        };
+        let paths = Paths {
+            dir: &dir,
+            index_dir: &index_dir,
+            blob_dir: &blob_dir,
+        };
+        if first {
+            paths.recover()?;
+        }
+        let env = match open_env(&index_dir, durability) {
+            Ok(env) => env,
+            Err(err) if first && is_corruption(&err) => {
+                paths.reset(&format!("the index cannot be opened ({err})"))?;
+                open_env(&index_dir, durability).map_err(|e| storage_error(&index_dir, e))?
+            }
+            Err(err) => return Err(storage_error(&index_dir, err)),
+        };
+        let db = create_db(&env).map_err(|e| storage_error(&index_dir, e))?;
+        if durability == Durability::Fast {
+            paths.mark_dirty()?;
+        }
+        if first {
+            open_lock.convert(LockMode::Shared, &open_lock_path)?;
+        }
+        // Reader slots of killed processes would otherwise pin old pages forever.
+        match env.clear_stale_readers() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("cleared {n} stale LMDB readers in {}", index_dir.display()),
+            Err(err) => tracing::warn!("cannot clear stale readers: {err}"),
+        }
+        Ok(Store {
+            dir,
+            index_dir,
+            blob_dir,
+            lock_dir,
+            env: ManuallyDrop::new(env),
+            db,
+            durability,
+            open_lock,
+            key_locks: KeyLocks::default(),
+        })
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The interprocess lock file that guards loads of `key`.
+    pub(crate) fn key_lock_path(&self, key: &str) -> PathBuf {
+        let stripe = crc32fast::hash(key.as_bytes()) % KEY_LOCK_STRIPES;
+        self.lock_dir.join(format!("{stripe:03}.lock"))
+    }
+
+    /// Reads `key` without any lock: one LMDB read transaction (lock-free after a thread's
+    /// first read), a checksum, and `decode` on the payload if `accept` likes the metadata.
+    pub(crate) fn lookup<R>(
+        &self,
+        key: &str,
+        accept: impl Fn(&Meta) -> bool,
+        mut decode: impl FnMut(&[u8]) -> Result<R>,
+    ) -> Result<Lookup<R>> {
+        let ikey = IndexKey::new(key);
+        // A value file can vanish between reading its record and opening it, when another
+        // writer replaces the entry; then the record has changed too, so look again.
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let (meta, crc, path) = {
+                let txn = self.env.read_txn().map_err(|e| self.storage(e))?;
+                let Some(bytes) = self
+                    .db
+                    .get(&txn, ikey.as_bytes())
+                    .map_err(|e| self.storage(e))?
+                else {
+                    return Ok(Lookup::Missing);
+                };
+                let record = Record::decode(bytes).map_err(|detail| self.corrupt(key, detail))?;
+                if record
+                    .stored_key
+                    .is_some_and(|stored| stored != key.as_bytes())
+                {
+                    return Ok(Lookup::Missing); // a different long key with the same hash
+                }
+                if !accept(&record.meta) {
+                    return Ok(Lookup::Rejected);
+                }
+                match record.body {
+                    Body::Inline(payload) => {
+                        return Ok(Lookup::Found(record.meta, decode(payload)?));
+                    }
+                    Body::Blob { crc, name } => (record.meta, crc, self.blob_dir.join(name)),
+                }
+            };
+            match fs::read(&path) {
+                Ok(bytes) => {
+                    if bytes.len() as u64 != meta.payload_len || crc32fast::hash(&bytes) != crc {
+                        return Err(Error::Corrupt {
+                            path,
+                            detail: format!(
+                                "value file of key {key:?} fails its length or checksum"
+                            ),
+                        });
+                    }
+                    return Ok(Lookup::Found(meta, decode(&bytes)?));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && attempt < ATTEMPTS => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::Corrupt {
+                        path,
+                        detail: format!("value file of key {key:?} is missing"),
+                    });
+                }
+                Err(err) => return Err(Error::io("read", path, err)),
+            }
+        }
+        Ok(Lookup::Missing)
+    }
+
+    /// Stores `payload` under `key`, replacing any previous entry atomically.
+    pub(crate) fn put(
+        &self,
+        key: &str,
+        load_ns: u64,
+        expire_ns: u64,
+        payload: &[u8],
+    ) -> Result<()> {
+        let ikey = IndexKey::new(key);
+        let blob = if payload.len() > INLINE_MAX {
+            Some(self.write_blob(payload)?)
+        } else {
+            None
+        };
+        let body = match &blob {
+            Some((name, crc)) => Body::Blob { crc: *crc, name },
+            None => Body::Inline(payload),
+        };
+        let record = Record {
+            meta: Meta {
+                load_ns,
+                expire_ns,
+                payload_len: payload.len() as u64,
+            },
+            stored_key: ikey.is_hashed().then_some(key.as_bytes()),
+            body,
+        }
+        .encode();
+        let result = self.write(|db, txn| {
+            let old = db.get(txn, ikey.as_bytes())?.and_then(old_blob);
+            db.put(txn, ikey.as_bytes(), &record)?;
+            Ok(old)
+        });
+        match result {
+            Ok(old) => {
+                self.remove_blobs(old);
+                Ok(())
+            }
+            Err(err) => {
+                self.remove_blobs(blob.map(|(name, _)| name));
+                Err(err)
+            }
+        }
+    }
+
+    /// Removes `key`; true if it was there.
+    pub(crate) fn delete(&self, key: &str) -> Result<bool> {
+        let ikey = IndexKey::new(key);
+        let old = self.write(|db, txn| {
+            let old = db.get(txn, ikey.as_bytes())?.map(old_blob);
+            if old.is_some() {
+                db.delete(txn, ikey.as_bytes())?;
+            }
+            Ok(old)
+        })?;
+        let existed = old.is_some();
+        self.remove_blobs(old.flatten());
+        Ok(existed)
+    }
+
+    /// Sets a new expiry on `key`, keeping its value; true if it was there.
+    pub(crate) fn touch(&self, key: &str, expire_ns: impl Fn(&Meta) -> u64) -> Result<bool> {
+        let ikey = IndexKey::new(key);
+        self.write(|db, txn| {
+            let Some(bytes) = db.get(txn, ikey.as_bytes())? else {
+                return Ok(false);
+            };
+            let Ok(mut record) = Record::decode(bytes) else {
+                return Ok(false);
+            };
+            record.meta.expire_ns = expire_ns(&record.meta);
+            let updated = record.encode();
+            db.put(txn, ikey.as_bytes(), &updated)?;
+            Ok(true)
+        })
+    }
+
+    /// Removes every entry for which `doomed` says yes; returns how many.
+    pub(crate) fn remove_where(&self, doomed: impl Fn(&Meta) -> bool) -> Result<usize> {
+        let blobs = self.write(|db, txn| {
+            let mut victims = Vec::new();
+            for item in db.iter(txn)? {
+                let (k, v) = item?;
+                // Corrupt records go too: they can never be read back anyway.
+                match Record::decode(v) {
+                    Ok(record) if !doomed(&record.meta) => {}
+                    Ok(record) => victims.push((k.to_vec(), blob_name(&record))),
+                    Err(_) => victims.push((k.to_vec(), None)),
+                }
+            }
+            for (k, _) in &victims {
+                db.delete(txn, k)?;
+            }
+            Ok(victims)
+        })?;
+        let count = blobs.len();
+        self.remove_blobs(blobs.into_iter().filter_map(|(_, b)| b));
+        Ok(count)
+    }
+
+    /// A snapshot of every entry's key and metadata (corrupt records are skipped).
+    pub(crate) fn entries(&self) -> Result<Vec<EntryInfo>> {
+        let txn = self.env.read_txn().map_err(|e| self.storage(e))?;
+        let mut out = Vec::new();
+        for item in self.db.iter(&txn).map_err(|e| self.storage(e))? {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            let Ok(record) = Record::decode(v) else {
+                tracing::warn!("skipping a corrupt record in {}", self.index_dir.display());
+                continue;
+            };
+            let key_bytes = match (k.split_first(), record.stored_key) {
+                (Some((0, literal)), _) => literal,
+                (Some((1, _)), Some(stored)) => stored,
+                _ => continue,
+            };
+            let Ok(key) = std::str::from_utf8(key_bytes) else {
+                continue;
+            };
+            out.push(EntryInfo {
+                key: key.to_owned(),
+                meta: record.meta,
+                in_file: matches!(record.body, Body::Blob { .. }),
+            });
+        }
+        Ok(out)
+    }
+
+    fn write<R>(
+        &self,
+        f: impl FnOnce(&Database<Bytes, Bytes>, &mut RwTxn) -> heed::Result<R>,
+    ) -> Result<R> {
+        let mut txn = self.env.write_txn().map_err(|e| self.storage(e))?;
+        let out = f(&self.db, &mut txn).map_err(|e| self.storage(e))?;
+        txn.commit().map_err(|e| self.storage(e))?;
+        Ok(out)
+    }
+
+    /// Writes a value file under a fresh random name (created with O_EXCL), so it is never
+    /// visible to readers before the index record that names it is committed.
+    fn write_blob(&self, payload: &[u8]) -> Result<(String, u32)> {
+        let mut file = tempfile::Builder::new()
+            .prefix("v-")
+            .suffix(".blob")
+            .rand_bytes(16)
+            .tempfile_in(&self.blob_dir)
+            .at("create value file in", &self.blob_dir)?;
+        file.write_all(payload).at("write", file.path())?;
+        if self.durability == Durability::Synced {
+            file.as_file().sync_all().at("sync", file.path())?;
+        }
+        let (_, path) = file
+            .keep()
+            .map_err(|e| Error::io("keep", e.file.path(), e.error))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("bad value file name {}", path.display()))
+            })?;
+        Ok((name, crc32fast::hash(payload)))
+    }
+
+    fn remove_blobs(&self, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            let path = self.blob_dir.join(name);
+            if let Err(err) = fs::remove_file(&path)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("cannot remove {}: {err}", path.display());
+            }
+        }
+    }
+
+    fn storage(&self, err: heed::Error) -> Error {
+        storage_error(&self.index_dir, err)
+    }
+
+    fn corrupt(&self, key: &str, detail: String) -> Error {
+        Error::Corrupt {
+            path: self.index_dir.clone(),
+            detail: format!("record of key {key:?}: {detail}"),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Hold the registry so no thread of ours reopens the directory while LMDB closes it.
+        let _registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+        let synced = self.env.force_sync();
+        // SAFETY: `env` is never used again: this is the last line that touches it.
+        unsafe { ManuallyDrop::drop(&mut self.env) };
+        if let Err(err) = synced {
+            tracing::warn!("cannot sync {}: {err}", self.index_dir.display());
+            return;
+        }
+        // Last one out (nobody else holds the lock shared) records that all is on disk.
+        if self.open_lock.try_convert(LockMode::Exclusive) {
+            let paths = Paths {
+                dir: &self.dir,
+                index_dir: &self.index_dir,
+                blob_dir: &self.blob_dir,
+            };
+            if let Err(err) = paths.write_state("clean") {
+                tracing::debug!("cannot record a clean close: {err}");
+            }
+        }
+    }
+}
+
+/// The paths the open/recovery protocol works on.
+struct Paths<'a> {
+    dir: &'a Path,
+    index_dir: &'a Path,
+    blob_dir: &'a Path,
+}
+
+impl Paths<'_> {
+    /// Run by the first opener, alone: checks the marker and whether the machine restarted
+    /// while unsynced writes were pending, and resets the cache if it cannot be trusted.
+    fn recover(&self) -> Result<()> {
+        let marker = self.dir.join(MARKER);
+        match fs::read_to_string(&marker) {
+            Ok(text) if text == MARKER_TEXT => {}
+            Ok(text) if text.starts_with("dbx-concurio cache format ") => {
+                return Err(Error::Unsupported(format!(
+                    "{} holds a cache of another format ({}); this build reads format {FORMAT_VERSION}",
+                    self.dir.display(),
+                    text.trim()
+                )));
+            }
+            Ok(_) => self.reset("its marker file is damaged")?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                write_atomically(&marker, MARKER_TEXT.as_bytes())?;
+            }
+            Err(err) => return Err(Error::io("read", marker, err)),
+        }
+        let state = fs::read_to_string(self.dir.join(".state")).unwrap_or_default();
+        if let (Some((boot, "dirty")), Some(now)) = (state.trim().split_once(' '), sys::boot_id())
+            && boot != now
+        {
+            self.reset("the machine restarted while unsynced writes were pending")?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the index and the value files, and starts an empty cache. Only the first opener
+    /// calls this, while holding the open lock exclusively: no process has the index open.
+    fn reset(&self, why: &str) -> Result<()> {
+        tracing::warn!("resetting cache {}: {why}", self.dir.display());
+        for sub in [self.index_dir, self.blob_dir] {
+            match fs::remove_dir_all(sub) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(Error::io("remove", sub, err)),
+            }
+            sys::create_private_dir_all(sub).at("create directory", sub)?;
+        }
+        write_atomically(&self.dir.join(MARKER), MARKER_TEXT.as_bytes())?;
+        self.write_state("clean")
+    }
+
+    /// Records that this boot may leave unsynced writes behind (skipped if already said).
+    fn mark_dirty(&self) -> Result<()> {
+        let Some(boot) = sys::boot_id() else {
+            return Ok(());
+        };
+        let state = fs::read_to_string(self.dir.join(".state")).unwrap_or_default();
+        if state.trim() == format!("{boot} dirty") {
+            return Ok(());
+        }
+        self.write_state("dirty")
+    }
+
+    fn write_state(&self, state: &str) -> Result<()> {
+        let Some(boot) = sys::boot_id() else {
+            return Ok(());
+        };
+        write_atomically(
+            &self.dir.join(".state"),
+            format!("{boot} {state}\n").as_bytes(),
+        )
+    }
+}
+
+/// Writes a small file by temp file + fsync + rename, so readers see the old or the new text.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir).at("create temp file in", dir)?;
+    file.write_all(bytes).at("write", file.path())?;
+    file.as_file().sync_all().at("sync", file.path())?;
+    file.persist(path)
+        .map_err(|e| Error::io("rename into", path, e.error))?;
+    Ok(())
+}
+
+fn open_env(index_dir: &Path, durability: Durability) -> heed::Result<Env> {
+    let mut options = EnvOpenOptions::new();
+    options
+        .map_size(sys::INDEX_MAP_SIZE)
+        .max_readers(MAX_READERS)
+        .max_dbs(0);
+    if durability == Durability::Fast {
+        // SAFETY: NO_SYNC only skips fsync; crash consistency for processes is unaffected,
+        // and the boot-id check above covers machine crashes.
+        unsafe { options.flags(EnvFlags::NO_SYNC) };
+    }
+    // SAFETY: the directory is ours and opened at most once per process (the registry above);
+    // LMDB's own lock file coordinates with other processes.
+    unsafe { options.open(index_dir) }
+}
+
+fn create_db(env: &Env) -> heed::Result<Database<Bytes, Bytes>> {
+    let rtxn = env.read_txn()?;
+    if let Some(db) = env.open_database::<Bytes, Bytes>(&rtxn, None)? {
+        return Ok(db);
+    }
+    drop(rtxn);
+    let mut wtxn = env.write_txn()?;
+    let db = env.create_database::<Bytes, Bytes>(&mut wtxn, None)?;
+    wtxn.commit()?;
+    Ok(db)
+}
+
+fn is_corruption(err: &heed::Error) -> bool {
+    matches!(
+        err,
+        heed::Error::Mdb(
+            MdbError::Invalid
+                | MdbError::Corrupted
+                | MdbError::PageNotFound
+                | MdbError::VersionMismatch
+                | MdbError::Panic
+        )
+    )
+}
+
+fn storage_error(index_dir: &Path, err: heed::Error) -> Error {
+    match err {
+        heed::Error::Io(source) => Error::io("access index", index_dir, source),
+        err if is_corruption(&err) => Error::Corrupt {
+            path: index_dir.to_owned(),
+            detail: err.to_string(),
+        },
+        heed::Error::Mdb(MdbError::MapFull) => Error::Storage {
+            path: index_dir.to_owned(),
+            source: format!(
+                "the index reached its maximum size ({} GiB); purge or clear the cache",
+                sys::INDEX_MAP_SIZE >> 30
+            )
+            .into(),
+        },
+        err => Error::Storage {
+            path: index_dir.to_owned(),
+            source: Box::new(err),
+        },
+    }
+}
+
+fn blob_name(record: &Record<'_>) -> Option<String> {
+    match record.body {
+        Body::Blob { name, .. } => Some(name.to_owned()),
+        Body::Inline(_) => None,
+    }
+}
+
+/// The value file an existing record points to, if any.
+fn old_blob(bytes: &[u8]) -> Option<String> {
+    Record::decode(bytes).ok().and_then(|r| blob_name(&r))
+}
+
+/// The LMDB key for a user key: `0x00 ++ key` for short keys, `0x01 ++ sha256(key)` for long
+/// ones. The tag keeps the empty key legal (LMDB refuses zero-length keys).
+struct IndexKey {
+    buf: [u8; 1 + MAX_LITERAL_KEY],
+    len: usize,
+}
+
+impl IndexKey {
+    fn new(key: &str) -> Self {
+        let mut buf = [0u8; 1 + MAX_LITERAL_KEY];
+        let bytes = key.as_bytes();
+        if bytes.len() <= MAX_LITERAL_KEY {
+            buf[1..=bytes.len()].copy_from_slice(bytes);
+            IndexKey {
+                buf,
+                len: 1 + bytes.len(),
+            }
+        } else {
+            buf[0] = 1;
+            buf[1..33].copy_from_slice(&Sha256::digest(bytes));
+            IndexKey { buf, len: 33 }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn is_hashed(&self) -> bool {
+        self.buf[0] == 1
+    }
+}

@@ -1,0 +1,24 @@
+//! # dbx-concurio
+//!
+//! A disk cache and an executable installer that many threads and processes can share.
+//!
+//! - [`caches::DiskCache`]: a persistent key/value cache with a compute-once
+//!   [`get_or_load`](caches::DiskCache::get_or_load): the loader runs once across every
+//!   thread and process asking for the same key; valid entries are read without any lock.
+//! - [`execs::executable`]: downloads (or copies) an executable once, verifies it, installs
+//!   it atomically with exec permissions, and returns its [`InstallPath`](execs::InstallPath).
+//!
+//! Defaults live under `$DBX_CONCURIO_CACHE_DIR`, or the system temp dir, in `dbx_concurio/`.
+//! See `docs/design.md` for the on-disk format and the locking protocol.
+#![deny(missing_docs)]
+#![warn(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(not(feature = "download"), allow(dead_code))]
+
+pub mod caches;
+mod dirs;
+mod error;
+mod lock;
+mod sys;
+
+pub use dirs::{CACHE_DIR_ENV, base_dir, default_root};
+pub use error::{BoxError, Error, Result};

@@ -1,0 +1,46 @@
+//! Windows implementations of the platform functions (best effort: ACLs of the user profile
+//! protect the default locations, so there is no mode or owner to check here).
+
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::path::Path;
+
+pub(crate) fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    fs::create_dir_all(path)
+}
+
+pub(crate) fn unsafe_dir_reason(meta: &Metadata) -> Option<String> {
+    if meta.file_type().is_symlink() {
+        return Some("it is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return Some("it is not a directory".into());
+    }
+    None
+}
+
+pub(crate) fn boot_id() -> Option<String> {
+    None
+}
+
+pub(crate) fn make_executable(_file: &File) -> io::Result<()> {
+    Ok(())
+}
+
+pub(crate) fn is_executable(_meta: &Metadata) -> bool {
+    true
+}
+
+pub(crate) fn sync_dir(_path: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+pub(crate) fn lock_unsupported(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Unsupported
+}
+
+pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
+    64 << 30
+} else {
+    1 << 30
+};
