@@ -87,23 +87,38 @@ fn check_name(name: &str) -> Result<&Path> {
 /// Creates `dir` (mode 0700) and checks that we can write in it. Directories below the base
 /// of the default locations must also be ours and not writable by others.
 pub(crate) fn prepare(dir: &Path) -> Result<()> {
-    sys::create_private_dir_all(dir).at("create directory", dir)?;
     let base = base_dir();
-    if let Ok(below) = dir.strip_prefix(&base) {
-        let mut path = base.clone();
-        for component in below.components() {
-            path.push(component);
-            let meta = std::fs::symlink_metadata(&path).at("inspect", &path)?;
-            if let Some(reason) = sys::unsafe_dir_reason(&meta) {
-                return Err(Error::UnsafeDirectory { path, reason });
+    match dir.strip_prefix(&base) {
+        // Below the base, check each component before creating the next one inside it, so
+        // a planted symlink or foreign directory is refused before anything goes through it.
+        Ok(below) => {
+            sys::create_private_dir_all(&base).at("create directory", &base)?;
+            let mut path = base;
+            for component in below.components() {
+                path.push(component);
+                let meta = match std::fs::symlink_metadata(&path) {
+                    Ok(meta) => meta,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                        sys::create_private_dir_all(&path).at("create directory", &path)?;
+                        std::fs::symlink_metadata(&path).at("inspect", &path)?
+                    }
+                    Err(err) => return Err(Error::io("inspect", path, err)),
+                };
+                if let Some(reason) = sys::unsafe_dir_reason(&meta) {
+                    return Err(Error::UnsafeDirectory { path, reason });
+                }
             }
         }
-    } else if !std::fs::metadata(dir).at("inspect", dir)?.is_dir() {
-        return Err(Error::io(
-            "use as directory",
-            dir,
-            std::io::Error::from(std::io::ErrorKind::NotADirectory),
-        ));
+        Err(_) => {
+            sys::create_private_dir_all(dir).at("create directory", dir)?;
+            if !std::fs::metadata(dir).at("inspect", dir)?.is_dir() {
+                return Err(Error::io(
+                    "use as directory",
+                    dir,
+                    std::io::Error::from(std::io::ErrorKind::NotADirectory),
+                ));
+            }
+        }
     }
     // A probe file: the only reliable "can write here" test (read-only mounts, ACLs, quotas).
     tempfile::Builder::new()

@@ -22,3 +22,8 @@ mod sys;
 
 pub use dirs::{CACHE_DIR_ENV, base_dir, default_root};
 pub use error::{BoxError, Error, Result};
+
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

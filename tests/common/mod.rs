@@ -1,0 +1,66 @@
+//! Shared test helpers: temp caches and re-invoking this test binary as a child process.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use dbx_concurio::caches::DiskCache;
+
+/// Env var that tells a re-invoked test binary which child role to play.
+pub const CHILD_ENV: &str = "DBX_CONCURIO_TEST_CHILD";
+
+/// A cache in its own temp directory (the directory is returned to keep it alive).
+pub fn temp_cache() -> (tempfile::TempDir, DiskCache) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = DiskCache::builder()
+        .directory(tmp.path())
+        .name("c")
+        .build()
+        .expect("open cache");
+    (tmp, cache)
+}
+
+/// A command that runs only the test `name` of this binary, as a child with `role` set.
+pub fn child(name: &str, role: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.args([
+        "--exact",
+        name,
+        "--nocapture",
+        "--test-threads=1",
+        "--quiet",
+    ])
+    .env(CHILD_ENV, role)
+    .stdin(Stdio::null());
+    cmd
+}
+
+/// The role this process was started with, if it is a child.
+pub fn child_role() -> Option<String> {
+    std::env::var(CHILD_ENV).ok()
+}
+
+/// Lines of a file, or none if it does not exist.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Appends one line with O_APPEND (atomic for short writes, across processes).
+pub fn append_line(path: &Path, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open counter");
+    f.write_all(format!("{line}\n").as_bytes()).expect("append");
+}
+
+/// Sends SIGKILL to a child.
+pub fn sigkill(child: &std::process::Child) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill failed");
+}

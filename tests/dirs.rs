@@ -1,0 +1,206 @@
+//! Directory resolution, fallback and safety checks. Each case runs in a child process with
+//! its own `DBX_CONCURIO_CACHE_DIR`, since the environment is process-wide.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::{child, child_role};
+use dbx_concurio::caches::DiskCache;
+
+#[test]
+fn child_main() {
+    let Some(role) = child_role() else { return };
+    let builder = DiskCache::builder();
+    let builder = match role.split_once(':') {
+        Some(("file", p)) => builder.for_file(p),
+        Some(("dir", p)) => builder.directory(p),
+        Some(("path", p)) => builder.path(p),
+        _ => builder,
+    };
+    let builder = match std::env::var("NAME") {
+        Ok(name) => builder.name(name),
+        Err(_) => builder,
+    };
+    let builder = builder.fallback(std::env::var_os("NO_FALLBACK").is_none());
+    match builder.build() {
+        Ok(cache) => {
+            cache.set("probe", "ok", None).expect("set");
+            println!("DIR {}", cache.directory().display());
+        }
+        Err(err) => println!("ERR {err}"),
+    }
+}
+
+/// Runs the child with `base` as `DBX_CONCURIO_CACHE_DIR`; returns its one result line.
+fn resolve(
+    base: &Path,
+    role: &str,
+    name: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<PathBuf, String> {
+    let mut cmd = child("child_main", role);
+    cmd.env("DBX_CONCURIO_CACHE_DIR", base)
+        .env_remove("NAME")
+        .env_remove("NO_FALLBACK");
+    if let Some(name) = name {
+        cmd.env("NAME", name);
+    }
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in text.lines() {
+        if let Some(dir) = line.strip_prefix("DIR ") {
+            return Ok(PathBuf::from(dir));
+        }
+        if let Some(err) = line.strip_prefix("ERR ") {
+            return Err(err.to_owned());
+        }
+    }
+    panic!("no result from child: {text}");
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn default_location_is_base_plus_module_plus_name_and_private() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path().canonicalize().unwrap();
+    let dir = resolve(&base, "default", Some("my_cache"), &[]).unwrap();
+    assert_eq!(dir, base.join("dbx_concurio").join("my_cache"));
+    assert_eq!(mode(&base.join("dbx_concurio")), 0o700);
+    assert_eq!(mode(&dir), 0o700);
+    let unnamed = resolve(&base, "default", None, &[]).unwrap();
+    assert_eq!(unnamed, base.join("dbx_concurio"));
+}
+
+#[test]
+fn a_file_path_gives_base_plus_a_hash_of_its_absolute_path() {
+    let base = tempfile::tempdir().unwrap();
+    let base = base.path().canonicalize().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("data.csv");
+    let a = resolve(&base, &format!("file:{}", file.display()), None, &[]).unwrap();
+    assert_eq!(a.parent(), Some(base.as_path()));
+    assert!(
+        a.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("dbx_concurio-"),
+        "{a:?}"
+    );
+    // Same file, same cache; another file, another cache; the name is appended.
+    assert_eq!(
+        resolve(&base, &format!("file:{}", file.display()), None, &[]).unwrap(),
+        a
+    );
+    let b = resolve(
+        &base,
+        &format!("file:{}", work.path().join("other.csv").display()),
+        None,
+        &[],
+    )
+    .unwrap();
+    assert_ne!(a, b);
+    let named = resolve(&base, &format!("file:{}", file.display()), Some("n"), &[]).unwrap();
+    assert_eq!(named, a.join("n"));
+    // `.path()` treats an existing file as a file, and a missing path as a directory.
+    std::fs::write(&file, "x").unwrap();
+    assert_eq!(
+        resolve(&base, &format!("path:{}", file.display()), None, &[]).unwrap(),
+        a
+    );
+    let missing = work.path().join("new-dir");
+    assert_eq!(
+        resolve(&base, &format!("path:{}", missing.display()), None, &[]).unwrap(),
+        missing
+    );
+    // A relative file path that does not exist is still a file with .for_file().
+    let rel = resolve(&base, "file:not/there.txt", None, &[]).unwrap();
+    assert_eq!(rel.parent(), Some(base.as_path()));
+}
+
+#[test]
+fn an_explicit_directory_is_used_as_is_with_the_name_appended() {
+    let base = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("deep/er");
+    assert_eq!(
+        resolve(
+            base.path(),
+            &format!("dir:{}", dir.display()),
+            Some("x"),
+            &[]
+        )
+        .unwrap(),
+        dir.join("x")
+    );
+}
+
+#[test]
+fn an_unusable_directory_falls_back_to_the_default_or_errors() {
+    let base = tempfile::tempdir().unwrap();
+    let base_path = base.path().canonicalize().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let under_file = format!("dir:{}", file.join("sub").display());
+    assert_eq!(
+        resolve(base.path(), &under_file, Some("n"), &[]).unwrap(),
+        base_path.join("dbx_concurio/n")
+    );
+    let err = resolve(base.path(), &under_file, Some("n"), &[("NO_FALLBACK", "1")]).unwrap_err();
+    assert!(err.contains("a-file"), "error names the path: {err}");
+    // The directory itself being a file.
+    let err = resolve(
+        base.path(),
+        &format!("dir:{}", file.display()),
+        None,
+        &[("NO_FALLBACK", "1")],
+    )
+    .unwrap_err();
+    assert!(err.contains("a-file"), "{err}");
+}
+
+#[test]
+fn names_cannot_climb_out() {
+    let base = tempfile::tempdir().unwrap();
+    for name in ["../escape", "/abs", "a/../../b", ""] {
+        let err = resolve(base.path(), "default", Some(name), &[]).unwrap_err();
+        assert!(err.contains("cache name"), "{name:?}: {err}");
+    }
+}
+
+#[test]
+fn default_directories_controlled_by_others_are_refused() {
+    // Writable by others (a squatter could swap files in it).
+    let base = tempfile::tempdir().unwrap();
+    let module = base.path().join("dbx_concurio");
+    std::fs::create_dir(&module).unwrap();
+    std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = resolve(base.path(), "default", Some("c"), &[]).unwrap_err();
+    assert!(err.contains("writable by group or others"), "{err}");
+
+    // A symlink planted where our directory should be.
+    let base = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), base.path().join("dbx_concurio")).unwrap();
+    let err = resolve(base.path(), "default", Some("c"), &[]).unwrap_err();
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing written through it"
+    );
+}
