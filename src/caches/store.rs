@@ -134,7 +134,7 @@ impl Store {
         if first {
             paths.recover()?;
         }
-        let env = match open_env(&index_dir, durability) {
+        let mut env = match open_env(&index_dir, durability) {
             Ok(env) => env,
             Err(err) if first && is_corruption(&err) => {
                 paths.reset(&format!("the index cannot be opened ({err})"))?;
@@ -142,6 +142,12 @@ impl Store {
             }
             Err(err) => return Err(storage_error(&index_dir, err)),
         };
+        if first && let Some(why) = guard_index_file(&index_dir, &env)? {
+            drop(env);
+            paths.reset(&why)?;
+            env = open_env(&index_dir, durability).map_err(|e| storage_error(&index_dir, e))?;
+            guard_index_file(&index_dir, &env)?;
+        }
         let db = create_db(&env).map_err(|e| storage_error(&index_dir, e))?;
         if durability == Durability::Fast {
             paths.mark_dirty()?;
@@ -553,6 +559,43 @@ fn open_env(index_dir: &Path, durability: Durability) -> heed::Result<Env> {
     // SAFETY: the directory is ours and opened at most once per process (the registry above);
     // LMDB's own lock file coordinates with other processes.
     unsafe { options.open(index_dir) }
+}
+
+/// LMDB trusts its file: a damaged page reference past the end of `data.mdb` makes a read
+/// of the memory map fault (SIGBUS), which no error handling can catch. So the first opener,
+/// before any transaction, (1) checks that the newest meta page's last page lies inside the
+/// file, and (2) extends the file, sparsely, to the map size, so that any stray reference
+/// reads zeros inside the mapping instead: LMDB reports those as corruption, and record
+/// checksums reject the rest. Returns why the index cannot be trusted, if it cannot.
+fn guard_index_file(index_dir: &Path, env: &Env) -> Result<Option<String>> {
+    let path = index_dir.join("data.mdb");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .at("open", &path)?;
+    let before = file.metadata().at("inspect", &path)?;
+    let used =
+        (env.info().last_page_number as u64 + 1).saturating_mul(u64::from(env.stat().page_size));
+    if used > before.len() {
+        return Ok(Some(format!(
+            "its meta page claims {used} bytes but the file has {}",
+            before.len()
+        )));
+    }
+    let target = sys::INDEX_MAP_SIZE as u64;
+    if before.len() < target {
+        file.set_len(target).at("extend", &path)?;
+        // A file system without sparse files would have allocated it all: undo.
+        let after = file.metadata().at("inspect", &path)?;
+        if sys::allocated_bytes(&after) > sys::allocated_bytes(&before) + (64 << 20) {
+            file.set_len(before.len()).at("shrink", &path)?;
+            tracing::warn!(
+                "{} does not support sparse files: a damaged index may crash readers",
+                path.display()
+            );
+        }
+    }
+    Ok(None)
 }
 
 fn create_db(env: &Env) -> heed::Result<Database<Bytes, Bytes>> {
