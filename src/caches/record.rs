@@ -8,9 +8,10 @@
 //!  4      4    CRC-32 of bytes 0..4 and of every byte from offset 8 to the end
 //!  8      8    load timestamp, ns since the Unix epoch
 //! 16      8    expiry, ns since the Unix epoch; 0 = never
-//! 24      4    stored-key length (0 unless flag 2)
-//! 28      8    payload length (inline bytes, or the blob file's length)
-//! 36      -    stored key, then either the inline payload (MessagePack)
+//! 24      8    eviction order stamp, ns (store time; last use under LRU)
+//! 32      4    stored-key length (0 unless flag 2)
+//! 36      8    payload length (inline bytes, or the blob file's length)
+//! 44      -    stored key, then either the inline payload (MessagePack)
 //!              or the blob reference: CRC-32 of the blob file, then its file name
 //! ```
 //!
@@ -19,7 +20,7 @@
 
 /// The record format this build reads and writes.
 pub(crate) const FORMAT_VERSION: u8 = 1;
-const HEADER_LEN: usize = 36;
+const HEADER_LEN: usize = 44;
 const FLAG_BLOB: u8 = 1;
 const FLAG_KEY: u8 = 2;
 
@@ -29,6 +30,8 @@ pub(crate) struct Meta {
     pub(crate) load_ns: u64,
     /// 0 = never expires.
     pub(crate) expire_ns: u64,
+    /// Position in the eviction order (store time, or last use under LRU).
+    pub(crate) order_ns: u64,
     pub(crate) payload_len: u64,
 }
 
@@ -73,6 +76,7 @@ impl<'a> Record<'a> {
         out.extend_from_slice(&[FORMAT_VERSION, flags, 0, 0, 0, 0, 0, 0]);
         out.extend_from_slice(&self.meta.load_ns.to_le_bytes());
         out.extend_from_slice(&self.meta.expire_ns.to_le_bytes());
+        out.extend_from_slice(&self.meta.order_ns.to_le_bytes());
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.meta.payload_len.to_le_bytes());
         out.extend_from_slice(key);
@@ -118,9 +122,10 @@ impl<'a> Record<'a> {
         let meta = Meta {
             load_ns: u64_at(8),
             expire_ns: u64_at(16),
-            payload_len: u64_at(28),
+            order_ns: u64_at(24),
+            payload_len: u64_at(36),
         };
-        let key_len = u32_at(24) as usize;
+        let key_len = u32_at(32) as usize;
         let rest = &bytes[HEADER_LEN..];
         if rest.len() < key_len {
             return Err("stored key runs past the record".into());
@@ -181,6 +186,7 @@ mod tests {
             meta: Meta {
                 load_ns: 7,
                 expire_ns: 9,
+                order_ns: 8,
                 payload_len: 3,
             },
             stored_key: key,
