@@ -88,6 +88,19 @@ fn check_name(name: &str) -> Result<&Path> {
 /// of the default locations must also be ours and not writable by others.
 pub(crate) fn prepare(dir: &Path) -> Result<()> {
     sys::create_private_dir_all(dir).at("create directory", dir)?;
+    check_private(dir)?;
+    // A probe file: the only reliable "can write here" test (read-only mounts, ACLs, quotas).
+    tempfile::Builder::new()
+        .prefix(".write-probe")
+        .tempfile_in(dir)
+        .at("write in", dir)?;
+    Ok(())
+}
+
+/// Checks, without creating or writing anything, that an existing `dir` is a directory and,
+/// below the base of the default locations, that every directory down to it is ours and not
+/// writable by others. Read-only callers (a lock-free "is it installed?" check) use this.
+pub(crate) fn check_private(dir: &Path) -> Result<()> {
     let base = base_dir();
     if let Ok(below) = dir.strip_prefix(&base) {
         let mut path = base.clone();
@@ -105,11 +118,6 @@ pub(crate) fn prepare(dir: &Path) -> Result<()> {
             std::io::Error::from(std::io::ErrorKind::NotADirectory),
         ));
     }
-    // A probe file: the only reliable "can write here" test (read-only mounts, ACLs, quotas).
-    tempfile::Builder::new()
-        .prefix(".write-probe")
-        .tempfile_in(dir)
-        .at("write in", dir)?;
     Ok(())
 }
 
