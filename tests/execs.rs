@@ -245,7 +245,12 @@ fn body_shorter_than_content_length_is_an_error() {
         .install()
         .expect_err("truncated body");
     assert!(matches!(err, Error::Download { .. }), "{err:?}");
-    assert!(err.to_string().contains(&url), "{err}");
+    let message = err.to_string();
+    assert!(message.contains(&url), "{message}");
+    assert!(
+        message.contains("4096"),
+        "names the Content-Length: {message}"
+    );
     assert_eq!(server.hits(), 2, "a truncated body is retried");
     assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
 }
@@ -708,4 +713,67 @@ fn force_reinstalls_and_gc_removes_unwanted() {
     // A collected identifier installs again.
     assert_eq!(run(&install("gc-b", false)), "v2");
     assert_eq!(server.hits(), 5);
+}
+
+#[test]
+fn threads_share_one_download() {
+    let server = Server::start(|_, _| Reply {
+        delay: Duration::from_millis(100),
+        ..Reply::ok(script("threads"))
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("tool");
+    let paths: Vec<PathBuf> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    Executable::new(&url, "threads-v1")
+                        .cache_root(cache.path())
+                        .install()
+                        .expect("install")
+                        .to_path_buf()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(server.hits(), 1);
+    assert!(paths.iter().all(|p| *p == paths[0]));
+    assert_eq!(run(&paths[0]), "threads");
+}
+
+#[test]
+fn installed_check_takes_no_lock() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let root = cache.path().to_owned();
+    let src = root.join("lockfree-tool");
+    std::fs::write(&src, script("lockfree")).expect("write");
+    let install = move || {
+        Executable::new(src.to_string_lossy(), "lockfree-v1")
+            .cache_root(&root)
+            .install()
+            .map(|p| p.to_path_buf())
+    };
+    let first = install().expect("install");
+    // Hold the identifier's install lock, as a stuck installer would.
+    let lock_path = cache
+        .path()
+        .join("executables")
+        .join(format!("{}.lock", sha256_hex(b"lockfree-v1")));
+    let lock = std::fs::File::open(&lock_path).expect("lock file exists");
+    lock.lock().expect("take the lock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(install());
+    });
+    // A generous bound only to turn a deadlock into a failure, not a timing claim.
+    let again = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the installed check blocked on the lock")
+        .expect("cached install");
+    assert_eq!(again, first);
+    drop(lock);
 }

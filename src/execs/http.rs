@@ -109,7 +109,11 @@ fn attempt_download(
             Ok(n) => n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(err) => {
-                let reason = format!("reading the body failed after {} bytes", out.written());
+                let of = expected.map_or(String::new(), |e| format!(" of {e} (Content-Length)"));
+                let reason = format!(
+                    "reading the body failed after {} bytes{of}: {err}",
+                    out.written()
+                );
                 return Err(Failure {
                     error: download_error(url, None, reason, Some(Box::new(err))),
                     retryable: true,
