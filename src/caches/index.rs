@@ -185,7 +185,9 @@ impl Index {
         let size = footprint(ikey, value);
         // A damaged record cannot name its order and expiry entries; eviction and purging
         // drop such dangling entries when they reach them.
-        let decoded = Record::decode(value).ok().map(|r| (r.meta, blob_name(&r)));
+        let decoded = Record::decode(ikey, value)
+            .ok()
+            .map(|r| (r.meta, blob_name(&r)));
         self.entries.delete(txn, ikey)?;
         if let Some((meta, blob)) = decoded {
             self.order.delete(txn, &stamped(meta.order_ns, ikey))?;
@@ -210,13 +212,13 @@ impl Index {
         let Some(value) = self.entries.get(txn, ikey)? else {
             return Ok(false);
         };
-        let Ok(mut record) = Record::decode(value) else {
+        let Ok(mut record) = Record::decode(ikey, value) else {
             return Ok(false);
         };
         let old = record.meta;
         change(&mut record.meta);
         let new = record.meta;
-        let updated = record.encode();
+        let updated = record.encode(ikey);
         self.order.delete(txn, &stamped(old.order_ns, ikey))?;
         self.order.put(txn, &stamped(new.order_ns, ikey), &[])?;
         if old.expire_ns != 0 {
@@ -274,8 +276,8 @@ impl Index {
         garbage: &mut Garbage,
     ) -> heed::Result<u64> {
         for item in self.entries.iter(txn)? {
-            let (_, value) = item?;
-            if let Ok(record) = Record::decode(value) {
+            let (ikey, value) = item?;
+            if let Ok(record) = Record::decode(ikey, value) {
                 garbage.blobs.extend(blob_name(&record));
             }
         }
@@ -304,7 +306,7 @@ impl Index {
         let mut referenced = std::collections::HashSet::new();
         for item in self.entries.iter(txn)? {
             let (ikey, value) = item?;
-            match Record::decode(value) {
+            match Record::decode(ikey, value) {
                 Ok(record) if valid(&record) => {
                     referenced.extend(blob_name(&record));
                     keep.push((ikey.to_vec(), record.meta));
@@ -373,7 +375,7 @@ pub(crate) fn blob_name(record: &Record<'_>) -> Option<String> {
 /// Bytes an entry accounts for: its record and index key (three times: entries, order and
 /// expiry databases) plus LMDB node overhead, and its value file rounded up to 4 KiB blocks.
 fn footprint(ikey: &[u8], record: &[u8]) -> u64 {
-    let blob = match Record::decode(record) {
+    let blob = match Record::decode(ikey, record) {
         Ok(Record {
             body: Body::Blob { .. },
             meta,

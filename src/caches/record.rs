@@ -5,7 +5,7 @@
 //!  0      1    format version (1)
 //!  1      1    flags: 1 = payload lives in a blob file, 2 = full key stored (long key)
 //!  2      2    reserved, 0
-//!  4      4    CRC-32 of bytes 0..4 and of every byte from offset 8 to the end
+//!  4      4    CRC-32 of the index key, bytes 0..4, and every byte from offset 8 on
 //!  8      8    load timestamp, ns since the Unix epoch
 //! 16      8    expiry, ns since the Unix epoch; 0 = never
 //! 24      8    eviction order stamp, ns (store time; last use under LRU)
@@ -59,8 +59,9 @@ pub(crate) struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// Serializes a record.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// Serializes a record stored under `ikey` (the checksum covers the key too, so a
+    /// damaged key in the index cannot make one key's record pass for another's).
+    pub(crate) fn encode(&self, ikey: &[u8]) -> Vec<u8> {
         let key = self.stored_key.unwrap_or_default();
         let (flags, body_len) = match self.body {
             Body::Inline(bytes) => (0, bytes.len()),
@@ -87,7 +88,7 @@ impl<'a> Record<'a> {
                 out.extend_from_slice(name.as_bytes());
             }
         }
-        let crc = checksum(&out);
+        let crc = checksum(ikey, &out);
         out[4..8].copy_from_slice(&crc.to_le_bytes());
         out
     }
@@ -95,7 +96,7 @@ impl<'a> Record<'a> {
     /// Parses and verifies a record. The error says what is wrong, for [`Error::Corrupt`].
     ///
     /// [`Error::Corrupt`]: crate::Error::Corrupt
-    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, String> {
+    pub(crate) fn decode(ikey: &[u8], bytes: &'a [u8]) -> Result<Self, String> {
         let header: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
@@ -116,7 +117,7 @@ impl<'a> Record<'a> {
             u64::from_le_bytes(b)
         };
         let crc = u32_at(4);
-        if checksum(bytes) != crc {
+        if checksum(ikey, bytes) != crc {
             return Err("record checksum mismatch".into());
         }
         let meta = Meta {
@@ -158,9 +159,10 @@ impl<'a> Record<'a> {
     }
 }
 
-/// CRC-32 over the whole record except the checksum field itself.
-fn checksum(record: &[u8]) -> u32 {
+/// CRC-32 over the index key and the whole record except the checksum field itself.
+fn checksum(ikey: &[u8], record: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
+    hasher.update(ikey);
     hasher.update(&record[..4]);
     hasher.update(&record[8..]);
     hasher.finalize()
@@ -192,13 +194,13 @@ mod tests {
             stored_key: key,
             body,
         }
-        .encode()
+        .encode(b"\0key")
     }
 
     #[test]
     fn round_trips_inline_and_blob() {
         let bytes = sample(Body::Inline(b"abc"), Some(b"long key"));
-        let rec = Record::decode(&bytes).unwrap();
+        let rec = Record::decode(b"\0key", &bytes).unwrap();
         assert_eq!(rec.body, Body::Inline(b"abc"));
         assert_eq!(rec.stored_key, Some(&b"long key"[..]));
         assert_eq!((rec.meta.load_ns, rec.meta.expire_ns), (7, 9));
@@ -210,7 +212,7 @@ mod tests {
             },
             None,
         );
-        let rec = Record::decode(&bytes).unwrap();
+        let rec = Record::decode(b"\0key", &bytes).unwrap();
         assert_eq!(
             rec.body,
             Body::Blob {
@@ -228,12 +230,24 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
-                assert!(Record::decode(&bad).is_err(), "flip at byte {i} bit {bit}");
+                assert!(
+                    Record::decode(b"\0key", &bad).is_err(),
+                    "flip at byte {i} bit {bit}"
+                );
             }
         }
         for len in 0..bytes.len() {
-            assert!(Record::decode(&bytes[..len]).is_err(), "truncated to {len}");
+            assert!(
+                Record::decode(b"\0key", &bytes[..len]).is_err(),
+                "truncated to {len}"
+            );
         }
+    }
+
+    #[test]
+    fn a_record_does_not_verify_under_another_key() {
+        let bytes = sample(Body::Inline(b"abc"), None);
+        assert!(Record::decode(b"\0kez", &bytes).is_err());
     }
 
     #[test]

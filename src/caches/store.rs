@@ -158,6 +158,8 @@ impl Store {
         if first {
             paths.recover()?;
         }
+        let data_file = index_dir.join("data.mdb");
+        let len_before_open = fs::metadata(&data_file).ok().map(|m| m.len());
         let mut env = match open_env(&index_dir, durability) {
             Ok(env) => env,
             Err(err) if first && is_corruption(&err) => {
@@ -166,11 +168,10 @@ impl Store {
             }
             Err(err) => return Err(storage_error(&index_dir, err)),
         };
-        if first && let Some(why) = guard_index_file(&index_dir, &env)? {
+        if first && let Some(why) = damaged_meta(&env, len_before_open) {
             drop(env);
             paths.reset(&why)?;
             env = open_env(&index_dir, durability).map_err(|e| storage_error(&index_dir, e))?;
-            guard_index_file(&index_dir, &env)?;
         }
         let index = Index::open(&env).map_err(|e| storage_error(&index_dir, e))?;
         if durability == Durability::Fast {
@@ -239,7 +240,8 @@ impl Store {
                 else {
                     return Ok(Lookup::Missing);
                 };
-                let record = Record::decode(bytes).map_err(|detail| self.corrupt(key, detail))?;
+                let record = Record::decode(ikey.as_bytes(), bytes)
+                    .map_err(|detail| self.corrupt(key, detail))?;
                 if record
                     .stored_key
                     .is_some_and(|stored| stored != key.as_bytes())
@@ -311,7 +313,7 @@ impl Store {
             stored_key: ikey.is_hashed().then_some(key.as_bytes()),
             body,
         }
-        .encode();
+        .encode(ikey.as_bytes());
         let result = self.write(|index, txn, totals, garbage| {
             index.insert(txn, totals, garbage, ikey.as_bytes(), &record, &meta)?;
             index.maintain(txn, totals, garbage, load_ns, ikey.as_bytes())
@@ -342,7 +344,7 @@ impl Store {
             let mut victims = Vec::new();
             for item in index.iter(txn)? {
                 let (ikey, value) = item?;
-                if Record::decode(value).is_ok_and(|r| !doomed(&r.meta)) {
+                if Record::decode(ikey, value).is_ok_and(|r| !doomed(&r.meta)) {
                     continue;
                 }
                 victims.push(ikey.to_vec());
@@ -382,7 +384,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.index.iter(&txn).map_err(|e| self.storage(e))? {
             let (k, v) = item.map_err(|e| self.storage(e))?;
-            let Ok(record) = Record::decode(v) else {
+            let Ok(record) = Record::decode(k, v) else {
                 tracing::warn!("skipping a corrupt record in {}", self.index_dir.display());
                 continue;
             };
@@ -636,51 +638,36 @@ fn open_env(index_dir: &Path, durability: Durability) -> heed::Result<Env> {
         .map_size(sys::INDEX_MAP_SIZE)
         .max_readers(MAX_READERS)
         .max_dbs(4);
+    // WRITE_MAP: writers update the shared map in place instead of write(2)-ing each dirty
+    // page at commit: a set costs ~2.5 µs instead of ~11 µs. Copy-on-write still protects
+    // committed pages, so a killed writer leaves the last commit intact. LMDB forbids
+    // mixing processes with and without it, hence in every mode.
+    let mut flags = EnvFlags::WRITE_MAP;
     if durability == Durability::Fast {
-        // SAFETY: NO_SYNC only skips fsync; crash consistency for processes is unaffected,
-        // and the boot-id check above covers machine crashes.
-        unsafe { options.flags(EnvFlags::NO_SYNC) };
+        // NO_SYNC only skips fsync; crash consistency for processes is unaffected, and the
+        // boot-id check covers machine crashes.
+        flags |= EnvFlags::NO_SYNC;
     }
+    // SAFETY: the flags are valid LMDB flags; see the comments above for their effects.
+    unsafe { options.flags(flags) };
     // SAFETY: the directory is ours and opened at most once per process (the registry above);
     // LMDB's own lock file coordinates with other processes.
     unsafe { options.open(index_dir) }
 }
 
 /// LMDB trusts its file: a damaged page reference past the end of `data.mdb` makes a read
-/// of the memory map fault (SIGBUS), which no error handling can catch. So the first opener,
-/// before any transaction, (1) checks that the newest meta page's last page lies inside the
-/// file, and (2) extends the file, sparsely, to the map size, so that any stray reference
-/// reads zeros inside the mapping instead: LMDB reports those as corruption, and record
-/// checksums reject the rest. Returns why the index cannot be trusted, if it cannot.
-fn guard_index_file(index_dir: &Path, env: &Env) -> Result<Option<String>> {
-    let path = index_dir.join("data.mdb");
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .at("open", &path)?;
-    let before = file.metadata().at("inspect", &path)?;
-    let used =
+/// of the memory map fault (SIGBUS), which no error handling can catch. With `WRITE_MAP`,
+/// LMDB itself grows the file (sparsely) to the map size, so stray references within the map
+/// read zeros, which LMDB reports as corruption and our checksums reject. What remains is a
+/// meta page that claims more pages than the file had: LMDB would then map (and grow the
+/// file to) that size. So the first opener compares the newest meta page with the file's
+/// length from before the open. Returns why the index cannot be trusted, if it cannot.
+fn damaged_meta(env: &Env, len_before_open: Option<u64>) -> Option<String> {
+    let len = len_before_open?;
+    let claimed =
         (env.info().last_page_number as u64 + 1).saturating_mul(u64::from(env.stat().page_size));
-    if used > before.len() {
-        return Ok(Some(format!(
-            "its meta page claims {used} bytes but the file has {}",
-            before.len()
-        )));
-    }
-    let target = sys::INDEX_MAP_SIZE as u64;
-    if before.len() < target {
-        file.set_len(target).at("extend", &path)?;
-        // A file system without sparse files would have allocated it all: undo.
-        let after = file.metadata().at("inspect", &path)?;
-        if sys::allocated_bytes(&after) > sys::allocated_bytes(&before) + (64 << 20) {
-            file.set_len(before.len()).at("shrink", &path)?;
-            tracing::warn!(
-                "{} does not support sparse files: a damaged index may crash readers",
-                path.display()
-            );
-        }
-    }
-    Ok(None)
+    (claimed > len.max(sys::INDEX_MAP_SIZE as u64))
+        .then(|| format!("its meta page claims {claimed} bytes but the file had {len}"))
 }
 
 fn is_corruption(err: &heed::Error) -> bool {

@@ -140,11 +140,6 @@ pub(crate) fn lock_unsupported(err: &io::Error) -> bool {
         )
 }
 
-/// Bytes a file really occupies on disk (sparse regions excluded).
-pub(crate) fn allocated_bytes(meta: &Metadata) -> u64 {
-    meta.blocks() * 512
-}
-
 /// Default LMDB map size: the address space reserved for the index, not disk used. Values
 /// above the inline limit live in their own files, so the index holds keys and small values.
 pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {

@@ -51,10 +51,6 @@ pub(crate) fn lock_unsupported(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Unsupported
 }
 
-pub(crate) fn allocated_bytes(meta: &Metadata) -> u64 {
-    meta.len()
-}
-
 pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
     32 << 30
 } else {
