@@ -258,7 +258,7 @@ impl Store {
                     Body::Blob { crc, name } => (record.meta, crc, self.blob_dir.join(name)),
                 }
             };
-            match fs::read(&path) {
+            match read_blob(&path) {
                 Ok(bytes) => {
                     if bytes.len() as u64 != meta.payload_len || crc32fast::hash(&bytes) != crc {
                         return Err(Error::Corrupt {
@@ -702,6 +702,38 @@ fn storage_error(index_dir: &Path, err: heed::Error) -> Error {
             path: index_dir.to_owned(),
             source: Box::new(err),
         },
+    }
+}
+
+/// Bytes of a value file. Large files are memory-mapped and decoded in place: reading a
+/// 16 MiB file into a fresh buffer costs more in page faults than the copy itself.
+fn read_blob(path: &Path) -> std::io::Result<BlobBytes> {
+    const MAP_FROM: u64 = 1 << 20;
+    let file = fs::File::open(path)?;
+    if file.metadata()?.len() < MAP_FROM {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes)?;
+        return Ok(BlobBytes::Read(bytes));
+    }
+    // SAFETY: value files are written once, before the record naming them is committed, and
+    // never modified afterwards: replacing or evicting an entry unlinks its file, which keeps
+    // existing mappings valid. Only someone truncating files in our 0700 directory by hand
+    // could make the mapping fault.
+    Ok(BlobBytes::Mapped(unsafe { memmap2::Mmap::map(&file)? }))
+}
+
+enum BlobBytes {
+    Read(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for BlobBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlobBytes::Read(bytes) => bytes,
+            BlobBytes::Mapped(map) => map,
+        }
     }
 }
 
