@@ -285,6 +285,31 @@ fn extras() -> Res<()> {
         }),
     );
     drop(cache);
+    // The engine's own floor at this size: raw LMDB, same records, same stride.
+    let raw_dir = tmp.path().join("raw-million");
+    std::fs::create_dir(&raw_dir)?;
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .map_size(4 << 30)
+            .open(&raw_dir)?
+    };
+    let mut wtxn = env.write_txn()?;
+    let db: heed::Database<heed::types::Str, heed::types::Bytes> =
+        env.create_database(&mut wtxn, None)?;
+    for k in &million {
+        db.put(&mut wtxn, k, &[7u8; 150])?;
+    }
+    wtxn.commit()?;
+    let mut j = 0usize;
+    emit(
+        "lmdb_raw_get_1M_keys",
+        "median_us",
+        median_us(200_000, 1000, |_| {
+            j = (j + 7919) % 1_000_000;
+            let txn = env.read_txn().expect("txn");
+            std::hint::black_box(db.get(&txn, &million[j]).expect("get"));
+        }),
+    );
     let mut opens: Vec<Duration> = (0..10)
         .map(|_| {
             let start = Instant::now();

@@ -255,9 +255,9 @@ impl DiskCache {
     /// Errors: [`Error::Decode`] if the value is not a `T`; [`Error::Corrupt`] if its bytes
     /// fail their checksum.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<DiskCacheValue<T>>> {
-        let now = now_ns();
-        match self.lookup(key, |meta| !meta.expired(now))? {
-            Lookup::Found(meta, value) => Ok(Some(self.hit(key, value, meta, now))),
+        let now = LazyNow::default();
+        match self.lookup(key, |meta| now.live(meta))? {
+            Lookup::Found(meta, value) => Ok(Some(self.hit(key, value, meta, &now))),
             Lookup::Missing | Lookup::Rejected => {
                 self.store.count(false);
                 Ok(None)
@@ -433,14 +433,15 @@ impl DiskCache {
         key: &str,
         expire: Option<Duration>,
     ) -> Result<Option<DiskCacheValue<T>>> {
-        let now = now_ns();
+        let now = LazyNow::default();
         let max_age = expire.map(|d| d.as_nanos());
         let valid = |meta: &Meta| {
-            !meta.expired(now)
-                && max_age.is_none_or(|max| u128::from(now.saturating_sub(meta.load_ns)) < max)
+            now.live(meta)
+                && max_age
+                    .is_none_or(|max| u128::from(now.get().saturating_sub(meta.load_ns)) < max)
         };
         match self.lookup(key, valid) {
-            Ok(Lookup::Found(meta, value)) => Ok(Some(self.hit(key, value, meta, now))),
+            Ok(Lookup::Found(meta, value)) => Ok(Some(self.hit(key, value, meta, &now))),
             Ok(Lookup::Missing | Lookup::Rejected) => Ok(None),
             Err(err @ Error::Corrupt { .. }) => {
                 tracing::warn!("{err}; loading it again");
@@ -451,11 +452,11 @@ impl DiskCache {
     }
 
     /// Records a hit (and, under LRU, the use) and wraps the value.
-    fn hit<T>(&self, key: &str, value: T, meta: Meta, now: u64) -> DiskCacheValue<T> {
+    fn hit<T>(&self, key: &str, value: T, meta: Meta, now: &LazyNow) -> DiskCacheValue<T> {
         self.store.count(true);
         if self.policy == EvictionPolicy::LeastRecentlyUsed
-            && now.saturating_sub(meta.order_ns) > LRU_GRANULARITY_NS
-            && let Err(err) = self.store.restamp(key, |m| m.order_ns = now)
+            && now.get().saturating_sub(meta.order_ns) > LRU_GRANULARITY_NS
+            && let Err(err) = self.store.restamp(key, |m| m.order_ns = now.get())
         {
             tracing::debug!("cannot record the use of {key:?}: {err}");
         }
@@ -500,6 +501,26 @@ fn to_value<T>(value: T, meta: Meta) -> DiskCacheValue<T> {
         value,
         load_timestamp: from_ns(meta.load_ns),
         expires_at: (meta.expire_ns != 0).then(|| from_ns(meta.expire_ns)),
+    }
+}
+
+/// The wall clock, read at most once and only when needed: an entry without expiry, read
+/// with no maximum age, needs no clock (one `clock_gettime` less on the hit path).
+#[derive(Default)]
+struct LazyNow(std::cell::Cell<Option<u64>>);
+
+impl LazyNow {
+    fn get(&self) -> u64 {
+        self.0.get().unwrap_or_else(|| {
+            let now = now_ns();
+            self.0.set(Some(now));
+            now
+        })
+    }
+
+    /// Whether the entry's own expiry has not passed.
+    fn live(&self, meta: &Meta) -> bool {
+        meta.expire_ns == 0 || !meta.expired(self.get())
     }
 }
 

@@ -737,45 +737,49 @@ impl std::ops::Deref for BlobBytes {
     }
 }
 
-/// The user key of an index entry: literal for short keys, stored in the record for long.
+/// The user key of an index entry (see [`IndexKey`]).
 fn user_key(ikey: &[u8], record: &Record<'_>) -> Option<String> {
-    let bytes = match (ikey.split_first(), record.stored_key) {
-        (Some((0, literal)), _) => literal,
-        (Some((1, _)), Some(stored)) => stored,
-        _ => return None,
+    let bytes = match (ikey, record.stored_key) {
+        ([0xFE], _) => &[][..],
+        ([0xFF, ..], Some(stored)) => stored,
+        ([0xFF, ..], None) => return None,
+        (literal, _) => literal,
     };
     String::from_utf8(bytes.to_vec()).ok()
 }
 
-/// The LMDB key for a user key: `0x00 ++ key` for short keys, `0x01 ++ sha256(key)` for long
-/// ones. The tag keeps the empty key legal (LMDB refuses zero-length keys).
-struct IndexKey {
-    buf: [u8; 1 + MAX_LITERAL_KEY],
-    len: usize,
+/// The LMDB key for a user key: the key's own bytes when 1 to 400 bytes long (borrowed: the
+/// hit path copies nothing), `0xFE` for the empty key (LMDB refuses empty keys), and
+/// `0xFF ++ sha256(key)` for longer keys (LMDB keys are at most 511 bytes). 0xFE and 0xFF
+/// never occur in UTF-8, so the three forms cannot collide.
+enum IndexKey<'a> {
+    Literal(&'a [u8]),
+    Empty,
+    Hashed([u8; 33]),
 }
 
-impl IndexKey {
-    fn new(key: &str) -> Self {
-        let mut buf = [0u8; 1 + MAX_LITERAL_KEY];
-        let bytes = key.as_bytes();
-        if bytes.len() <= MAX_LITERAL_KEY {
-            buf[1..=bytes.len()].copy_from_slice(bytes);
-            IndexKey {
-                buf,
-                len: 1 + bytes.len(),
+impl<'a> IndexKey<'a> {
+    fn new(key: &'a str) -> Self {
+        match key.len() {
+            0 => IndexKey::Empty,
+            1..=MAX_LITERAL_KEY => IndexKey::Literal(key.as_bytes()),
+            _ => {
+                let mut hashed = [0xFF; 33];
+                hashed[1..].copy_from_slice(&Sha256::digest(key.as_bytes()));
+                IndexKey::Hashed(hashed)
             }
-        } else {
-            buf[0] = 1;
-            buf[1..33].copy_from_slice(&Sha256::digest(bytes));
-            IndexKey { buf, len: 33 }
         }
     }
 
     fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        match self {
+            IndexKey::Literal(bytes) => bytes,
+            IndexKey::Empty => &[0xFE],
+            IndexKey::Hashed(hashed) => hashed,
+        }
     }
 
     fn is_hashed(&self) -> bool {
-        self.buf[0] == 1
+        matches!(self, IndexKey::Hashed(_))
     }
 }
