@@ -479,3 +479,29 @@ fn lock_timeout_reports_busy() {
     assert!(err.is_busy(), "{err:?}");
     assert_eq!(slow.join().unwrap().unwrap().value, 1);
 }
+
+#[test]
+fn add_stores_only_when_absent_or_expired() {
+    let (_tmp, cache) = temp_cache();
+    assert!(cache.add("k", "first", None).unwrap());
+    assert!(!cache.add("k", "second", None).unwrap());
+    assert_eq!(cache.get::<String>("k").unwrap().unwrap().value, "first");
+    cache
+        .set("e", "old", Some(Duration::from_millis(1)))
+        .unwrap();
+    thread::sleep(Duration::from_millis(5));
+    assert!(cache.add("e", "new", None).unwrap());
+    assert_eq!(cache.get::<String>("e").unwrap().unwrap().value, "new");
+    // A big value that is not stored leaves no value file behind.
+    assert!(
+        !cache
+            .add("k", &serde_bytes::ByteBuf::from(vec![0u8; 100_000]), None)
+            .unwrap()
+    );
+    assert_eq!(
+        std::fs::read_dir(cache.directory().join("blobs"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

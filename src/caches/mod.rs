@@ -278,6 +278,22 @@ impl DiskCache {
         self.store.put(key, now, expiry_ns(now, expire), &payload)
     }
 
+    /// Stores `value` only if `key` holds no unexpired entry, atomically across processes;
+    /// returns whether it stored.
+    pub fn add<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        expire: Option<Duration>,
+    ) -> Result<bool> {
+        let payload = encode(key, value)?;
+        let now = now_ns();
+        self.store
+            .put_if(key, now, expiry_ns(now, expire), &payload, |current| {
+                current.is_none_or(|meta| meta.expired(now))
+            })
+    }
+
     /// Returns the value of `key` if it is younger than `expire` (and not expired); else runs
     /// `loader` and stores its value with that expiry.
     ///

@@ -292,6 +292,20 @@ impl Store {
         expire_ns: u64,
         payload: &[u8],
     ) -> Result<()> {
+        self.put_if(key, load_ns, expire_ns, payload, |_| true)
+            .map(drop)
+    }
+
+    /// Like `put`, but only if `replace` accepts the current entry's metadata (`None`: no
+    /// entry), decided inside the write transaction; returns whether it stored.
+    pub(crate) fn put_if(
+        &self,
+        key: &str,
+        load_ns: u64,
+        expire_ns: u64,
+        payload: &[u8],
+        replace: impl FnOnce(Option<&Meta>) -> bool,
+    ) -> Result<bool> {
         let ikey = IndexKey::new(key);
         let blob = if payload.len() > INLINE_MAX {
             Some(self.write_blob(payload)?)
@@ -314,11 +328,19 @@ impl Store {
             body,
         }
         .encode(ikey.as_bytes());
+        let ikey = ikey.as_bytes();
         let result = self.write(|index, txn, totals, garbage| {
-            index.insert(txn, totals, garbage, ikey.as_bytes(), &record, &meta)?;
-            index.maintain(txn, totals, garbage, load_ns, ikey.as_bytes())
+            let current = index
+                .get(txn, ikey)?
+                .and_then(|v| Record::decode(ikey, v).ok());
+            if !replace(current.map(|r| r.meta).as_ref()) {
+                return Ok(false);
+            }
+            index.insert(txn, totals, garbage, ikey, &record, &meta)?;
+            index.maintain(txn, totals, garbage, load_ns, ikey)?;
+            Ok(true)
         });
-        if result.is_err() {
+        if !matches!(result, Ok(true)) {
             self.remove_blobs(blob.map(|(name, _)| name));
         }
         result
