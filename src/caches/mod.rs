@@ -17,8 +17,11 @@
 //! # Ok(()) }
 //! ```
 
+mod blobs;
 mod index;
+mod keys;
 mod record;
+mod recovery;
 mod store;
 
 use std::fmt;

@@ -19,11 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
-use heed::{Env, EnvFlags, EnvOpenOptions, MdbError, RwTxn};
-use sha2::{Digest, Sha256};
+use heed::{Env, MdbError, RwTxn};
 
+use super::blobs::read_blob;
 use super::index::{Garbage, Index, Totals};
-use super::record::{Body, FORMAT_VERSION, Meta, Record};
+use super::keys::{IndexKey, user_key};
+use super::record::{Body, Meta, Record};
+use super::recovery::{Paths, damaged_meta, is_corruption, open_env};
 use crate::error::{Error, IoContext, Result};
 use crate::lock::{FileLock, KeyLocks, LockMode};
 use crate::sys;
@@ -31,15 +33,10 @@ use crate::sys;
 /// Values whose encoding is larger than this go to their own file (as python-diskcache does):
 /// the index stays small and dense, and big reads are plain file reads.
 pub(crate) const INLINE_MAX: usize = 32 * 1024;
-/// Keys up to this many bytes are the index key itself; longer ones are hashed (LMDB keys
-/// are at most 511 bytes) and stored in full inside the record.
-const MAX_LITERAL_KEY: usize = 400;
 /// Number of interprocess key-lock files: fixed, so lock files never pile up per key.
 pub(crate) const KEY_LOCK_STRIPES: u32 = 256;
 /// LMDB reader slots: one per thread that ever read the cache, in all processes together.
-const MAX_READERS: u32 = 1024;
-const MARKER: &str = ".dbx-concurio";
-const MARKER_TEXT: &str = "dbx-concurio cache format 1\n";
+pub(crate) const MAX_READERS: u32 = 1024;
 
 /// How much a cache promises to keep when the machine, not just a process, goes down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -568,143 +565,6 @@ impl Drop for Store {
     }
 }
 
-/// The paths the open/recovery protocol works on.
-struct Paths<'a> {
-    dir: &'a Path,
-    index_dir: &'a Path,
-    blob_dir: &'a Path,
-}
-
-impl Paths<'_> {
-    /// Run by the first opener, alone: checks the marker and whether the machine restarted
-    /// while unsynced writes were pending, and resets the cache if it cannot be trusted.
-    fn recover(&self) -> Result<()> {
-        let marker = self.dir.join(MARKER);
-        match fs::read_to_string(&marker) {
-            Ok(text) if text == MARKER_TEXT => {}
-            Ok(text) if text.starts_with("dbx-concurio cache format ") => {
-                return Err(Error::Unsupported(format!(
-                    "{} holds a cache of another format ({}); this build reads format {FORMAT_VERSION}",
-                    self.dir.display(),
-                    text.trim()
-                )));
-            }
-            Ok(_) => self.reset("its marker file is damaged")?,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                write_atomically(&marker, MARKER_TEXT.as_bytes())?;
-            }
-            Err(err) => return Err(Error::io("read", marker, err)),
-        }
-        let state = fs::read_to_string(self.dir.join(".state")).unwrap_or_default();
-        if let (Some((boot, "dirty")), Some(now)) = (state.trim().split_once(' '), sys::boot_id())
-            && boot != now
-        {
-            self.reset("the machine restarted while unsynced writes were pending")?;
-        }
-        Ok(())
-    }
-
-    /// Deletes the index and the value files, and starts an empty cache. Only the first opener
-    /// calls this, while holding the open lock exclusively: no process has the index open.
-    fn reset(&self, why: &str) -> Result<()> {
-        tracing::warn!("resetting cache {}: {why}", self.dir.display());
-        for sub in [self.index_dir, self.blob_dir] {
-            match fs::remove_dir_all(sub) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(Error::io("remove", sub, err)),
-            }
-            sys::create_private_dir_all(sub).at("create directory", sub)?;
-        }
-        write_atomically(&self.dir.join(MARKER), MARKER_TEXT.as_bytes())?;
-        self.write_state("clean")
-    }
-
-    /// Records that this boot may leave unsynced writes behind (skipped if already said).
-    fn mark_dirty(&self) -> Result<()> {
-        let Some(boot) = sys::boot_id() else {
-            return Ok(());
-        };
-        let state = fs::read_to_string(self.dir.join(".state")).unwrap_or_default();
-        if state.trim() == format!("{boot} dirty") {
-            return Ok(());
-        }
-        self.write_state("dirty")
-    }
-
-    fn write_state(&self, state: &str) -> Result<()> {
-        let Some(boot) = sys::boot_id() else {
-            return Ok(());
-        };
-        write_atomically(
-            &self.dir.join(".state"),
-            format!("{boot} {state}\n").as_bytes(),
-        )
-    }
-}
-
-/// Writes a small file by temp file + fsync + rename, so readers see the old or the new text.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).at("create temp file in", dir)?;
-    file.write_all(bytes).at("write", file.path())?;
-    file.as_file().sync_all().at("sync", file.path())?;
-    file.persist(path)
-        .map_err(|e| Error::io("rename into", path, e.error))?;
-    Ok(())
-}
-
-fn open_env(index_dir: &Path, durability: Durability) -> heed::Result<Env> {
-    let mut options = EnvOpenOptions::new();
-    options
-        .map_size(sys::INDEX_MAP_SIZE)
-        .max_readers(MAX_READERS)
-        .max_dbs(4);
-    // WRITE_MAP: writers update the shared map in place instead of write(2)-ing each dirty
-    // page at commit: a set costs ~2.5 µs instead of ~11 µs. Copy-on-write still protects
-    // committed pages, so a killed writer leaves the last commit intact. LMDB forbids
-    // mixing processes with and without it, hence in every mode.
-    let mut flags = EnvFlags::WRITE_MAP;
-    if durability == Durability::Fast {
-        // NO_SYNC only skips fsync; crash consistency for processes is unaffected, and the
-        // boot-id check covers machine crashes.
-        flags |= EnvFlags::NO_SYNC;
-    }
-    // SAFETY: the flags are valid LMDB flags; see the comments above for their effects.
-    unsafe { options.flags(flags) };
-    // SAFETY: the directory is ours and opened at most once per process (the registry above);
-    // LMDB's own lock file coordinates with other processes.
-    unsafe { options.open(index_dir) }
-}
-
-/// LMDB trusts its file: a damaged page reference past the end of `data.mdb` makes a read
-/// of the memory map fault (SIGBUS), which no error handling can catch. With `WRITE_MAP`,
-/// LMDB itself grows the file (sparsely) to the map size, so stray references within the map
-/// read zeros, which LMDB reports as corruption and our checksums reject. What remains is a
-/// meta page that claims more pages than the file had: LMDB would then map (and grow the
-/// file to) that size. So the first opener compares the newest meta page with the file's
-/// length from before the open. Returns why the index cannot be trusted, if it cannot.
-fn damaged_meta(env: &Env, len_before_open: Option<u64>) -> Option<String> {
-    let len = len_before_open?;
-    let claimed =
-        (env.info().last_page_number as u64 + 1).saturating_mul(u64::from(env.stat().page_size));
-    (claimed > len.max(sys::INDEX_MAP_SIZE as u64))
-        .then(|| format!("its meta page claims {claimed} bytes but the file had {len}"))
-}
-
-fn is_corruption(err: &heed::Error) -> bool {
-    matches!(
-        err,
-        heed::Error::Mdb(
-            MdbError::Invalid
-                | MdbError::Corrupted
-                | MdbError::PageNotFound
-                | MdbError::VersionMismatch
-                | MdbError::Panic
-        )
-    )
-}
-
 fn storage_error(index_dir: &Path, err: heed::Error) -> Error {
     match err {
         heed::Error::Io(source) => Error::io("access index", index_dir, source),
@@ -724,84 +584,5 @@ fn storage_error(index_dir: &Path, err: heed::Error) -> Error {
             path: index_dir.to_owned(),
             source: Box::new(err),
         },
-    }
-}
-
-/// Bytes of a value file. Large files are memory-mapped and decoded in place: reading a
-/// 16 MiB file into a fresh buffer costs more in page faults than the copy itself.
-fn read_blob(path: &Path) -> std::io::Result<BlobBytes> {
-    const MAP_FROM: u64 = 1 << 20;
-    let file = fs::File::open(path)?;
-    if file.metadata()?.len() < MAP_FROM {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut &file, &mut bytes)?;
-        return Ok(BlobBytes::Read(bytes));
-    }
-    // SAFETY: value files are written once, before the record naming them is committed, and
-    // never modified afterwards: replacing or evicting an entry unlinks its file, which keeps
-    // existing mappings valid. Only someone truncating files in our 0700 directory by hand
-    // could make the mapping fault.
-    Ok(BlobBytes::Mapped(unsafe { memmap2::Mmap::map(&file)? }))
-}
-
-enum BlobBytes {
-    Read(Vec<u8>),
-    Mapped(memmap2::Mmap),
-}
-
-impl std::ops::Deref for BlobBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            BlobBytes::Read(bytes) => bytes,
-            BlobBytes::Mapped(map) => map,
-        }
-    }
-}
-
-/// The user key of an index entry (see [`IndexKey`]).
-fn user_key(ikey: &[u8], record: &Record<'_>) -> Option<String> {
-    let bytes = match (ikey, record.stored_key) {
-        ([0xFE], _) => &[][..],
-        ([0xFF, ..], Some(stored)) => stored,
-        ([0xFF, ..], None) => return None,
-        (literal, _) => literal,
-    };
-    String::from_utf8(bytes.to_vec()).ok()
-}
-
-/// The LMDB key for a user key: the key's own bytes when 1 to 400 bytes long (borrowed: the
-/// hit path copies nothing), `0xFE` for the empty key (LMDB refuses empty keys), and
-/// `0xFF ++ sha256(key)` for longer keys (LMDB keys are at most 511 bytes). 0xFE and 0xFF
-/// never occur in UTF-8, so the three forms cannot collide.
-enum IndexKey<'a> {
-    Literal(&'a [u8]),
-    Empty,
-    Hashed([u8; 33]),
-}
-
-impl<'a> IndexKey<'a> {
-    fn new(key: &'a str) -> Self {
-        match key.len() {
-            0 => IndexKey::Empty,
-            1..=MAX_LITERAL_KEY => IndexKey::Literal(key.as_bytes()),
-            _ => {
-                let mut hashed = [0xFF; 33];
-                hashed[1..].copy_from_slice(&Sha256::digest(key.as_bytes()));
-                IndexKey::Hashed(hashed)
-            }
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            IndexKey::Literal(bytes) => bytes,
-            IndexKey::Empty => &[0xFE],
-            IndexKey::Hashed(hashed) => hashed,
-        }
-    }
-
-    fn is_hashed(&self) -> bool {
-        matches!(self, IndexKey::Hashed(_))
     }
 }
