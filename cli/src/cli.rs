@@ -43,7 +43,7 @@ pub enum Command {
     #[command(after_help = EXEC_EXAMPLES)]
     Exec(ExecArgs),
     /// Inspect and maintain a disk cache.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = CACHE_EXAMPLES)]
     Cache(CacheCommand),
     /// Print a shell completion script.
     #[command(
