@@ -105,7 +105,8 @@ pub struct RunArgs {
     /// Make the value of environment variable NAME part of the key (repeatable).
     #[arg(long = "env", value_name = "NAME")]
     pub env: Vec<String>,
-    /// Pass our stdin to the command when it runs (default: it gets /dev/null).
+    /// Pass our stdin to the command when it runs (default: /dev/null). stdin is not part of
+    /// the key, and a replay does not read it.
     #[arg(long)]
     pub stdin: bool,
     /// Internal: the background refresh started by --stale.
@@ -149,10 +150,21 @@ pub struct InstallArgs {
     /// File name of the installed executable (default: from the source or member).
     #[arg(long = "name", value_name = "FILE")]
     pub file_name: Option<String>,
-    /// Root of installed executables (default: <cache root>/executables).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help = ROOT_HELP)]
     pub root: Option<PathBuf>,
+    /// Time limit of one download attempt (e.g. 2m).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub timeout: Option<Duration>,
+    /// How many times a failed download is retried.
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Extra HTTP request header, e.g. "Authorization: Bearer $TOKEN" (repeatable).
+    #[arg(long, value_name = "NAME: VALUE")]
+    pub header: Vec<String>,
 }
+
+const ROOT_HELP: &str = "Cache root: executables live in DIR/executables [default: \
+    $DBX_CONCURIO_CACHE_DIR or the temp dir, then dbx_concurio]";
 
 const EXEC_EXAMPLES: &str = "\
 Examples:
@@ -165,8 +177,7 @@ Exits with the tool's status (128+N if killed by signal N); 1 if ID is not insta
 pub struct ExecArgs {
     /// Identifier given to `concurio install --id`.
     pub id: String,
-    /// Root of installed executables (as for `install --root`).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help = ROOT_HELP)]
     pub root: Option<PathBuf>,
     /// Arguments for the tool.
     #[arg(last = true, value_name = "ARGS")]
@@ -178,7 +189,7 @@ Examples:
   concurio cache list                       # the cache of `concurio run`
   concurio cache list --dir /some/dir --name my_cache --json
   concurio cache get greeting --name my_cache
-  concurio cache prune --older-than 30d     # expired entries and executables unused for 30 days";
+  concurio cache prune --older-than 30d     # expired entries; executables installed 30+ days ago";
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -210,8 +221,7 @@ pub enum CacheCommand {
         /// Also remove installed executables older than this (30d, 12h, ...).
         #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
         older_than: Option<Duration>,
-        /// Root of installed executables (as for `install --root`).
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", help = ROOT_HELP)]
         root: Option<PathBuf>,
         #[command(flatten)]
         opts: CacheOpts,
