@@ -87,44 +87,57 @@ fn check_name(name: &str) -> Result<&Path> {
 /// Creates `dir` (mode 0700) and checks that we can write in it. Directories below the base
 /// of the default locations must also be ours and not writable by others.
 pub(crate) fn prepare(dir: &Path) -> Result<()> {
-    let base = base_dir();
-    match dir.strip_prefix(&base) {
-        // Below the base, check each component before creating the next one inside it, so
-        // a planted symlink or foreign directory is refused before anything goes through it.
-        Ok(below) => {
-            sys::create_private_dir_all(&base).at("create directory", &base)?;
-            let mut path = base;
-            for component in below.components() {
-                path.push(component);
-                let meta = match std::fs::symlink_metadata(&path) {
-                    Ok(meta) => meta,
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                        sys::create_private_dir_all(&path).at("create directory", &path)?;
-                        std::fs::symlink_metadata(&path).at("inspect", &path)?
-                    }
-                    Err(err) => return Err(Error::io("inspect", path, err)),
-                };
-                if let Some(reason) = sys::unsafe_dir_reason(&meta) {
-                    return Err(Error::UnsafeDirectory { path, reason });
-                }
-            }
-        }
-        Err(_) => {
-            sys::create_private_dir_all(dir).at("create directory", dir)?;
-            if !std::fs::metadata(dir).at("inspect", dir)?.is_dir() {
-                return Err(Error::io(
-                    "use as directory",
-                    dir,
-                    std::io::Error::from(std::io::ErrorKind::NotADirectory),
-                ));
-            }
-        }
-    }
+    walk_private(dir, true)?;
     // A probe file: the only reliable "can write here" test (read-only mounts, ACLs, quotas).
     tempfile::Builder::new()
         .prefix(".write-probe")
         .tempfile_in(dir)
         .at("write in", dir)?;
+    Ok(())
+}
+
+/// Checks, without creating or writing anything, that an existing `dir` is a directory and,
+/// below the base of the default locations, that every directory down to it is ours and not
+/// writable by others. Read-only callers (a lock-free "is it installed?" check) use this.
+pub(crate) fn check_private(dir: &Path) -> Result<()> {
+    walk_private(dir, false)
+}
+
+fn walk_private(dir: &Path, create: bool) -> Result<()> {
+    let base = base_dir();
+    let Ok(below) = dir.strip_prefix(&base) else {
+        if create {
+            sys::create_private_dir_all(dir).at("create directory", dir)?;
+        }
+        if !std::fs::metadata(dir).at("inspect", dir)?.is_dir() {
+            return Err(Error::io(
+                "use as directory",
+                dir,
+                std::io::Error::from(std::io::ErrorKind::NotADirectory),
+            ));
+        }
+        return Ok(());
+    };
+    if create {
+        sys::create_private_dir_all(&base).at("create directory", &base)?;
+    }
+    // Check each component before creating the next one inside it, so a planted symlink or
+    // foreign directory is refused before anything goes through it.
+    let mut path = base;
+    for component in below.components() {
+        path.push(component);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(err) if create && err.kind() == std::io::ErrorKind::NotFound => {
+                sys::create_private_dir_all(&path).at("create directory", &path)?;
+                std::fs::symlink_metadata(&path).at("inspect", &path)?
+            }
+            Err(err) => return Err(Error::io("inspect", path, err)),
+        };
+        if let Some(reason) = sys::unsafe_dir_reason(&meta) {
+            return Err(Error::UnsafeDirectory { path, reason });
+        }
+    }
     Ok(())
 }
 

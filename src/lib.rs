@@ -17,6 +17,7 @@
 pub mod caches;
 mod dirs;
 mod error;
+pub mod execs;
 mod lock;
 mod sys;
 

@@ -127,3 +127,30 @@ fn a_directory_that_is_a_file_is_a_clear_error() {
     assert!(err.to_string().contains(&*file.to_string_lossy()), "{err}");
     assert!(err.to_string().contains("not a directory"), "{err:?}");
 }
+
+#[test]
+fn a_meta_page_pointing_past_the_file_resets_instead_of_faulting() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let cache = open(tmp.path()).unwrap();
+        for i in 0..200 {
+            cache.set(&format!("k{i}"), &i, None).unwrap();
+        }
+    }
+    // LMDB meta pages sit at pages 0 and 1; `mm_last_pg` is at byte 136 of each (after the
+    // 16-byte page header, magic, version, address, map size and two 48-byte db records).
+    let data = tmp.path().join("index/data.mdb");
+    let page = 4096u64;
+    let mut file = std::fs::OpenOptions::new().write(true).open(&data).unwrap();
+    use std::io::{Seek, SeekFrom, Write};
+    for meta in 0..2 {
+        file.seek(SeekFrom::Start(meta * page + 136)).unwrap();
+        file.write_all(&((64u64 << 30) / page).to_le_bytes())
+            .unwrap();
+    }
+    drop(file);
+    let cache = open(tmp.path()).unwrap();
+    assert!(cache.get::<i32>("k1").unwrap().is_none(), "reset");
+    cache.set("k1", &1, None).unwrap();
+    assert_eq!(cache.get::<i32>("k1").unwrap().unwrap().value, 1);
+}

@@ -102,13 +102,21 @@ proptest! {
                     let want = model.get(&key(k)).filter(|(_, expired)| !expired).map(|(v, _)| v.clone());
                     prop_assert_eq!(got, want);
                 }
+                // Expired entries may be purged by any write (lazy purge), so an operation on
+                // one may find it or not; on live entries the answer is exact.
                 Op::Delete(k) => {
                     let existed = cache.delete(&key(k)).unwrap();
-                    prop_assert_eq!(existed, model.remove(&key(k)).is_some());
+                    match model.remove(&key(k)) {
+                        Some((_, true)) => {}
+                        other => prop_assert_eq!(existed, other.is_some()),
+                    }
                 }
                 Op::Touch(k, e) => {
                     let touched = cache.touch(&key(k), duration(&e)).unwrap();
-                    prop_assert_eq!(touched, model.contains_key(&key(k)));
+                    match model.get(&key(k)) {
+                        Some((_, true)) => {}
+                        other => prop_assert_eq!(touched, other.is_some()),
+                    }
                     if let Some(entry) = model.get_mut(&key(k)) {
                         // An expired entry stays expired; a live one takes the new expiry.
                         entry.1 = entry.1 || matches!(e, Expiry::Past);
@@ -125,11 +133,13 @@ proptest! {
                 }
                 Op::Purge => {
                     let expired = model.values().filter(|(_, e)| *e).count();
-                    prop_assert_eq!(cache.purge_expired().unwrap(), expired);
+                    prop_assert!(cache.purge_expired().unwrap() <= expired);
                     model.retain(|_, (_, e)| !*e);
                 }
                 Op::Clear => {
-                    prop_assert_eq!(cache.clear().unwrap(), model.len());
+                    let live = model.values().filter(|(_, e)| !e).count();
+                    let cleared = cache.clear().unwrap();
+                    prop_assert!(live <= cleared && cleared <= model.len());
                     model.clear();
                 }
                 Op::Reopen => {

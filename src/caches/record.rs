@@ -5,12 +5,13 @@
 //!  0      1    format version (1)
 //!  1      1    flags: 1 = payload lives in a blob file, 2 = full key stored (long key)
 //!  2      2    reserved, 0
-//!  4      4    CRC-32 of bytes 0..4 and of every byte from offset 8 to the end
+//!  4      4    CRC-32 of the index key, bytes 0..4, and every byte from offset 8 on
 //!  8      8    load timestamp, ns since the Unix epoch
 //! 16      8    expiry, ns since the Unix epoch; 0 = never
-//! 24      4    stored-key length (0 unless flag 2)
-//! 28      8    payload length (inline bytes, or the blob file's length)
-//! 36      -    stored key, then either the inline payload (MessagePack)
+//! 24      8    eviction order stamp, ns (store time; last use under LRU)
+//! 32      4    stored-key length (0 unless flag 2)
+//! 36      8    payload length (inline bytes, or the blob file's length)
+//! 44      -    stored key, then either the inline payload (MessagePack)
 //!              or the blob reference: CRC-32 of the blob file, then its file name
 //! ```
 //!
@@ -19,7 +20,7 @@
 
 /// The record format this build reads and writes.
 pub(crate) const FORMAT_VERSION: u8 = 1;
-const HEADER_LEN: usize = 36;
+const HEADER_LEN: usize = 44;
 const FLAG_BLOB: u8 = 1;
 const FLAG_KEY: u8 = 2;
 
@@ -29,6 +30,8 @@ pub(crate) struct Meta {
     pub(crate) load_ns: u64,
     /// 0 = never expires.
     pub(crate) expire_ns: u64,
+    /// Position in the eviction order (store time, or last use under LRU).
+    pub(crate) order_ns: u64,
     pub(crate) payload_len: u64,
 }
 
@@ -56,8 +59,9 @@ pub(crate) struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
-    /// Serializes a record.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// Serializes a record stored under `ikey` (the checksum covers the key too, so a
+    /// damaged key in the index cannot make one key's record pass for another's).
+    pub(crate) fn encode(&self, ikey: &[u8]) -> Vec<u8> {
         let key = self.stored_key.unwrap_or_default();
         let (flags, body_len) = match self.body {
             Body::Inline(bytes) => (0, bytes.len()),
@@ -73,6 +77,7 @@ impl<'a> Record<'a> {
         out.extend_from_slice(&[FORMAT_VERSION, flags, 0, 0, 0, 0, 0, 0]);
         out.extend_from_slice(&self.meta.load_ns.to_le_bytes());
         out.extend_from_slice(&self.meta.expire_ns.to_le_bytes());
+        out.extend_from_slice(&self.meta.order_ns.to_le_bytes());
         out.extend_from_slice(&(key.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.meta.payload_len.to_le_bytes());
         out.extend_from_slice(key);
@@ -83,7 +88,7 @@ impl<'a> Record<'a> {
                 out.extend_from_slice(name.as_bytes());
             }
         }
-        let crc = checksum(&out);
+        let crc = checksum(ikey, &out);
         out[4..8].copy_from_slice(&crc.to_le_bytes());
         out
     }
@@ -91,7 +96,7 @@ impl<'a> Record<'a> {
     /// Parses and verifies a record. The error says what is wrong, for [`Error::Corrupt`].
     ///
     /// [`Error::Corrupt`]: crate::Error::Corrupt
-    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Self, String> {
+    pub(crate) fn decode(ikey: &[u8], bytes: &'a [u8]) -> Result<Self, String> {
         let header: &[u8; HEADER_LEN] = bytes
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
@@ -112,15 +117,16 @@ impl<'a> Record<'a> {
             u64::from_le_bytes(b)
         };
         let crc = u32_at(4);
-        if checksum(bytes) != crc {
+        if checksum(ikey, bytes) != crc {
             return Err("record checksum mismatch".into());
         }
         let meta = Meta {
             load_ns: u64_at(8),
             expire_ns: u64_at(16),
-            payload_len: u64_at(28),
+            order_ns: u64_at(24),
+            payload_len: u64_at(36),
         };
-        let key_len = u32_at(24) as usize;
+        let key_len = u32_at(32) as usize;
         let rest = &bytes[HEADER_LEN..];
         if rest.len() < key_len {
             return Err("stored key runs past the record".into());
@@ -153,9 +159,10 @@ impl<'a> Record<'a> {
     }
 }
 
-/// CRC-32 over the whole record except the checksum field itself.
-fn checksum(record: &[u8]) -> u32 {
+/// CRC-32 over the index key and the whole record except the checksum field itself.
+fn checksum(ikey: &[u8], record: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
+    hasher.update(ikey);
     hasher.update(&record[..4]);
     hasher.update(&record[8..]);
     hasher.finalize()
@@ -181,18 +188,19 @@ mod tests {
             meta: Meta {
                 load_ns: 7,
                 expire_ns: 9,
+                order_ns: 8,
                 payload_len: 3,
             },
             stored_key: key,
             body,
         }
-        .encode()
+        .encode(b"\0key")
     }
 
     #[test]
     fn round_trips_inline_and_blob() {
         let bytes = sample(Body::Inline(b"abc"), Some(b"long key"));
-        let rec = Record::decode(&bytes).unwrap();
+        let rec = Record::decode(b"\0key", &bytes).unwrap();
         assert_eq!(rec.body, Body::Inline(b"abc"));
         assert_eq!(rec.stored_key, Some(&b"long key"[..]));
         assert_eq!((rec.meta.load_ns, rec.meta.expire_ns), (7, 9));
@@ -204,7 +212,7 @@ mod tests {
             },
             None,
         );
-        let rec = Record::decode(&bytes).unwrap();
+        let rec = Record::decode(b"\0key", &bytes).unwrap();
         assert_eq!(
             rec.body,
             Body::Blob {
@@ -222,12 +230,24 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = bytes.clone();
                 bad[i] ^= 1 << bit;
-                assert!(Record::decode(&bad).is_err(), "flip at byte {i} bit {bit}");
+                assert!(
+                    Record::decode(b"\0key", &bad).is_err(),
+                    "flip at byte {i} bit {bit}"
+                );
             }
         }
         for len in 0..bytes.len() {
-            assert!(Record::decode(&bytes[..len]).is_err(), "truncated to {len}");
+            assert!(
+                Record::decode(b"\0key", &bytes[..len]).is_err(),
+                "truncated to {len}"
+            );
         }
+    }
+
+    #[test]
+    fn a_record_does_not_verify_under_another_key() {
+        let bytes = sample(Body::Inline(b"abc"), None);
+        assert!(Record::decode(b"\0kez", &bytes).is_err());
     }
 
     #[test]

@@ -46,21 +46,88 @@ pub(crate) fn boot_id() -> Option<String> {
 }
 
 /// Sets mode 0755 on an open file (through the fd, so the file cannot be swapped under us).
-#[allow(dead_code)] // used by execs (next)
 pub(crate) fn make_executable(file: &File) -> io::Result<()> {
     file.set_permissions(fs::Permissions::from_mode(0o755))
 }
 
 /// Whether a file can be executed by us (any execute bit set).
-#[allow(dead_code)] // used by execs (next)
 pub(crate) fn is_executable(meta: &Metadata) -> bool {
     meta.mode() & 0o111 != 0
 }
 
 /// Flushes a directory's entries (a rename inside it) to disk.
-#[allow(dead_code)] // used by execs (next)
 pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+/// Waits (bounded) until no process holds `path` open for writing.
+///
+/// Why: `execve` fails with ETXTBSY while any write fd of the file exists. We close ours
+/// before publishing, but a child another thread forked while it was open holds a copy until
+/// that child execs or exits. The kernel refuses a read lease while a write fd exists, so a
+/// granted lease proves there is none; we drop it at once. Returns false if we gave up.
+pub(crate) fn wait_until_no_writers(path: &Path) -> bool {
+    lease::wait_until_no_writers(path)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod lease {
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    pub(super) fn wait_until_no_writers(path: &Path) -> bool {
+        let Ok(file) = File::open(path) else {
+            return super::fallback_pause();
+        };
+        let fd = file.as_raw_fd();
+        let start = Instant::now();
+        let mut pause = Duration::from_micros(200);
+        loop {
+            // SAFETY: fd is a valid open descriptor owned by `file` for this whole call.
+            if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } == 0 {
+                // SAFETY: as above; releasing the lease we were just granted.
+                unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+                return true;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EAGAIN) {
+                // Leases disabled or not supported here (EINVAL, ENOLCK, ...).
+                tracing::debug!("file leases unavailable for {}: {err}", path.display());
+                return super::fallback_pause();
+            }
+            if start.elapsed() >= LIMIT {
+                tracing::warn!(
+                    "{} is still open for writing by another process after {LIMIT:?}",
+                    path.display()
+                );
+                return false;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod lease {
+    pub(super) fn wait_until_no_writers(_path: &std::path::Path) -> bool {
+        super::fallback_pause()
+    }
+}
+
+/// Without a way to ask the kernel, give forked children a moment to reach their exec.
+fn fallback_pause() -> bool {
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    true
+}
+
+/// The path of a decoded `file://` URL path (`/usr/bin/x`): already a path here.
+pub(crate) fn path_from_file_url(url_path: String) -> std::path::PathBuf {
+    std::path::PathBuf::from(url_path)
 }
 
 /// True if a lock call failed because the file system cannot lock at all (some NFS and FUSE
@@ -76,7 +143,7 @@ pub(crate) fn lock_unsupported(err: &io::Error) -> bool {
 /// Default LMDB map size: the address space reserved for the index, not disk used. Values
 /// above the inline limit live in their own files, so the index holds keys and small values.
 pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
-    64 << 30
+    32 << 30
 } else {
     1 << 30
 };

@@ -35,12 +35,24 @@ pub(crate) fn sync_dir(_path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Windows has no fork: no child can inherit a write handle between create and exec.
+pub(crate) fn wait_until_no_writers(_path: &Path) -> bool {
+    true
+}
+
+/// The path of a decoded `file://` URL path: `/C:/x` is `C:/x`.
+pub(crate) fn path_from_file_url(url_path: String) -> std::path::PathBuf {
+    let bytes = url_path.as_bytes();
+    let drive = bytes.len() > 2 && bytes[2] == b':' && bytes[1].is_ascii_alphabetic();
+    std::path::PathBuf::from(if drive { &url_path[1..] } else { &url_path[..] })
+}
+
 pub(crate) fn lock_unsupported(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Unsupported
 }
 
 pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
-    64 << 30
+    32 << 30
 } else {
     1 << 30
 };

@@ -6,6 +6,10 @@ use std::process::{Command, Stdio};
 
 use dbx_concurio::caches::DiskCache;
 
+mod server;
+#[allow(unused_imports)]
+pub use server::{Received, Reply, Server};
+
 /// Env var that tells a re-invoked test binary which child role to play.
 pub const CHILD_ENV: &str = "DBX_CONCURIO_TEST_CHILD";
 

@@ -1,0 +1,300 @@
+//! Our side of `bench/compare.sh` (which runs python-diskcache on the same workload and
+//! prints one table). Prints JSON lines: `{"bench": .., "stat": .., "value": ..}`.
+//!
+//! Workloads (identical in bench/compare.py):
+//! - headline: 1 000 keys, 100-byte values: 20 000 sets, 200 000 gets, 200 000 misses,
+//!   200 000 get_or_load hits (median of per-batch means, µs/op), then 8 processes each doing
+//!   20 000 get_or_load over the 1 000 keys on a fresh cache (ops/s);
+//! - core: python-diskcache's benchmark_core mix (90% get, 9% set, 1% delete over 100 keys),
+//!   1, 2, 4 and 8 processes, 20 000 ops each: p50/p90/p99/max per op (µs) and ops/s;
+//! - extras (ours only): raw LMDB read, 16 MiB read vs `cat`, 1 000 000 keys.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dbx_concurio::caches::DiskCache;
+use serde_bytes::ByteBuf;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["gol-child", dir] => gol_child(Path::new(dir)),
+        ["core-child", dir, seed] => core_child(Path::new(dir), seed.parse()?),
+        ["extras"] => extras(),
+        [] => {
+            headline()?;
+            for procs in [1, 2, 4, 8] {
+                core(procs)?;
+            }
+            Ok(())
+        }
+        _ => Err("usage: compare [extras]".into()),
+    }
+}
+
+fn emit(bench: &str, stat: &str, value: f64) {
+    println!(
+        r#"{{"side": "dbx-concurio", "bench": "{bench}", "stat": "{stat}", "value": {value:.4}}}"#
+    );
+}
+
+fn open(dir: &Path) -> Res<DiskCache> {
+    Ok(DiskCache::builder().directory(dir).build()?)
+}
+
+/// Median over batches of `batch` calls of the mean µs per call.
+fn median_us(total: usize, batch: usize, mut op: impl FnMut(usize)) -> f64 {
+    let mut means: Vec<f64> = (0..total / batch)
+        .map(|b| {
+            let start = Instant::now();
+            for i in b * batch..(b + 1) * batch {
+                op(i);
+            }
+            start.elapsed().as_secs_f64() * 1e6 / batch as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    means[means.len() / 2]
+}
+
+fn headline() -> Res<()> {
+    let tmp = tempfile::tempdir()?;
+    let cache = open(tmp.path())?;
+    let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
+    let value = "v".repeat(100);
+    emit(
+        "set",
+        "median_us",
+        median_us(20_000, 100, |i| {
+            cache.set(&keys[i % 1000], &value, None).expect("set")
+        }),
+    );
+    emit(
+        "get",
+        "median_us",
+        median_us(200_000, 1000, |i| {
+            std::hint::black_box(
+                cache
+                    .get::<String>(&keys[i % 1000])
+                    .expect("get")
+                    .expect("hit"),
+            );
+        }),
+    );
+    let absent: Vec<String> = (0..1000).map(|i| format!("absent{i}")).collect();
+    emit(
+        "get_miss",
+        "median_us",
+        median_us(200_000, 1000, |i| {
+            std::hint::black_box(cache.get::<String>(&absent[i % 1000]).expect("get"));
+        }),
+    );
+    emit(
+        "get_or_load_hit",
+        "median_us",
+        median_us(200_000, 1000, |i| {
+            let v = cache.get_or_load(
+                &keys[i % 1000],
+                || Ok::<_, std::io::Error>(String::new()),
+                None,
+            );
+            std::hint::black_box(v.expect("gol"));
+        }),
+    );
+    let fresh = tempfile::tempdir()?;
+    let start = Instant::now();
+    let children = (0..8)
+        .map(|_| {
+            Command::new(std::env::current_exe()?)
+                .arg("gol-child")
+                .arg(fresh.path())
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for mut c in children {
+        if !c.wait()?.success() {
+            return Err("gol child failed".into());
+        }
+    }
+    emit(
+        "gol_8proc",
+        "ops_per_s",
+        8.0 * 20_000.0 / start.elapsed().as_secs_f64(),
+    );
+    Ok(())
+}
+
+fn gol_child(dir: &Path) -> Res<()> {
+    let cache = open(dir)?;
+    let value = "v".repeat(100);
+    for i in 0..20_000 {
+        let v = cache.get_or_load(
+            &format!("key{}", i % 1000),
+            || Ok::<_, std::io::Error>(value.clone()),
+            None,
+        )?;
+        std::hint::black_box(v);
+    }
+    Ok(())
+}
+
+/// python-diskcache's benchmark_core mix, in `procs` processes.
+fn core(procs: usize) -> Res<()> {
+    let tmp = tempfile::tempdir()?;
+    {
+        let cache = open(tmp.path())?;
+        for k in 0..100 {
+            cache.set(&format!("key{k}"), &"v".repeat(100), None)?;
+        }
+    }
+    let start = Instant::now();
+    let children = (0..procs)
+        .map(|p| {
+            Command::new(std::env::current_exe()?)
+                .args(["core-child", &tmp.path().to_string_lossy(), &p.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut samples: [Vec<f64>; 3] = Default::default();
+    for c in children {
+        let out = c.wait_with_output()?;
+        for line in String::from_utf8(out.stdout)?.lines() {
+            let (op, us) = line.split_once(' ').ok_or("bad child line")?;
+            samples[op.parse::<usize>()?].push(us.parse()?);
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let total: usize = samples.iter().map(Vec::len).sum();
+    emit(&format!("core_{procs}p"), "ops_per_s", total as f64 / wall);
+    for (op, mut s) in ["get", "set", "delete"].into_iter().zip(samples) {
+        s.sort_by(f64::total_cmp);
+        for (stat, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+            let idx = ((s.len() as f64 * q) as usize).min(s.len() - 1);
+            emit(
+                &format!("core_{procs}p_{op}"),
+                &format!("{stat}_us"),
+                s[idx],
+            );
+        }
+    }
+    Ok(())
+}
+
+fn core_child(dir: &Path, seed: u64) -> Res<()> {
+    let cache = open(dir)?;
+    let value = "v".repeat(100);
+    let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(20_000 * 12);
+    for _ in 0..20_000 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let key = format!("key{}", rng % 100);
+        let roll = (rng >> 32) % 100;
+        let start = Instant::now();
+        let op = if roll < 90 {
+            std::hint::black_box(cache.get::<String>(&key)?);
+            0
+        } else if roll < 99 {
+            cache.set(&key, &value, None)?;
+            1
+        } else {
+            cache.delete(&key)?;
+            2
+        };
+        writeln!(out, "{op} {:.3}", start.elapsed().as_secs_f64() * 1e6)?;
+    }
+    std::io::stdout().write_all(&out)?;
+    Ok(())
+}
+
+/// Figures with no python counterpart: the engine's own floor, big values, many keys.
+fn extras() -> Res<()> {
+    // Raw LMDB point read (fresh read transaction each time), same 1 000 keys of 100 bytes.
+    let tmp = tempfile::tempdir()?;
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .map_size(1 << 30)
+            .open(tmp.path())?
+    };
+    let mut wtxn = env.write_txn()?;
+    let db: heed::Database<heed::types::Str, heed::types::Bytes> =
+        env.create_database(&mut wtxn, None)?;
+    let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
+    for k in &keys {
+        db.put(&mut wtxn, k, &[7u8; 100])?;
+    }
+    wtxn.commit()?;
+    emit(
+        "lmdb_raw_get",
+        "median_us",
+        median_us(200_000, 1000, |i| {
+            let txn = env.read_txn().expect("txn");
+            std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
+        }),
+    );
+
+    // 16 MiB value read vs `cat file > /dev/null` of the same bytes from the page cache.
+    let cache = open(&tmp.path().join("big"))?;
+    let big = ByteBuf::from(vec![5u8; 16 << 20]);
+    cache.set("big", &big, None)?;
+    let file = tmp.path().join("big.bin");
+    std::fs::write(&file, &big)?;
+    let rounds = 30;
+    let ours = median_us(rounds, 1, |_| {
+        std::hint::black_box(cache.get::<ByteBuf>("big").expect("get").expect("hit"));
+    });
+    let cat = median_us(rounds, 1, |_| {
+        let status = Command::new("cat")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .status()
+            .expect("cat");
+        assert!(status.success());
+    });
+    emit("get_16MiB", "GiB_per_s", 16.0 / 1024.0 / (ours / 1e6));
+    emit("cat_16MiB", "GiB_per_s", 16.0 / 1024.0 / (cat / 1e6));
+
+    // 1 000 000 keys: get hit (strided over the key space) and a first open.
+    let dir = tmp.path().join("million");
+    let cache = open(&dir)?;
+    let value = "v".repeat(100);
+    let fill = Instant::now();
+    for i in 0..1_000_000 {
+        cache.set(&format!("key{i}"), &value, None)?;
+    }
+    emit("fill_1M", "seconds", fill.elapsed().as_secs_f64());
+    let million: Vec<String> = (0..1_000_000).map(|i| format!("key{i}")).collect();
+    let mut j = 0usize;
+    emit(
+        "get_1M_keys",
+        "median_us",
+        median_us(200_000, 1000, |_| {
+            j = (j + 7919) % 1_000_000;
+            std::hint::black_box(cache.get::<String>(&million[j]).expect("get").expect("hit"));
+        }),
+    );
+    drop(cache);
+    let mut opens: Vec<Duration> = (0..10)
+        .map(|_| {
+            let start = Instant::now();
+            let c = open(&dir).expect("open");
+            let took = start.elapsed();
+            drop(c);
+            took
+        })
+        .collect();
+    opens.sort();
+    emit("open_1M_keys", "median_ms", opens[5].as_secs_f64() * 1e3);
+    Ok(())
+}

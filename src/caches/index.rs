@@ -1,0 +1,387 @@
+//! The index inside LMDB: four named databases that every write transaction updates
+//! together, so entries, their eviction order, their expiry order and the totals can never
+//! disagree, whichever process wrote last.
+//!
+//! ```text
+//! entries   index key                  -> record (see record.rs)
+//! order     order_ns (BE) ++ index key -> ""     oldest first: eviction order
+//! expiry    expire_ns (BE) ++ index key -> ""    soonest first: lazy purge
+//! meta      "totals"                   -> Totals
+//! ```
+
+use heed::types::Bytes;
+use heed::{Database, Env, RoTxn, RwTxn};
+
+use super::record::{Body, Meta, Record};
+
+/// Expired entries removed in passing by each write, at most (bounded work per write).
+const PURGE_PER_WRITE: usize = 16;
+/// Entries evicted by one write, at most: a write never pauses for long; if the cache is
+/// still over its limit, the next writes continue.
+const EVICT_PER_WRITE: usize = 256;
+const TOTALS_KEY: &[u8] = b"totals";
+
+/// Counters kept in the index, shared by all processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub(crate) entries: u64,
+    /// Accounted bytes on disk: records, index overhead, and value files (4 KiB blocks).
+    pub(crate) bytes: u64,
+    /// 0 = no limit.
+    pub(crate) size_limit: u64,
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) evictions: u64,
+}
+
+impl Totals {
+    fn encode(&self) -> Vec<u8> {
+        let fields = [
+            self.entries,
+            self.bytes,
+            self.size_limit,
+            self.hits,
+            self.misses,
+            self.evictions,
+        ];
+        let mut out: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+        out.extend_from_slice(&crc32fast::hash(&out).to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (body, crc) = bytes.split_last_chunk::<4>()?;
+        if body.len() != 48 || crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+            return None;
+        }
+        let f = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&body[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        Some(Totals {
+            entries: f(0),
+            bytes: f(1),
+            size_limit: f(2),
+            hits: f(3),
+            misses: f(4),
+            evictions: f(5),
+        })
+    }
+}
+
+/// What a write transaction did besides its own change: value files to unlink after commit.
+#[derive(Debug, Default)]
+pub(crate) struct Garbage {
+    pub(crate) blobs: Vec<String>,
+}
+
+/// The four databases.
+#[derive(Clone, Copy)]
+pub(crate) struct Index {
+    entries: Database<Bytes, Bytes>,
+    order: Database<Bytes, Bytes>,
+    expiry: Database<Bytes, Bytes>,
+    meta: Database<Bytes, Bytes>,
+}
+
+impl Index {
+    /// Opens the databases, creating them on first use.
+    pub(crate) fn open(env: &Env) -> heed::Result<Self> {
+        let rtxn = env.read_txn()?;
+        let open = |name| env.open_database::<Bytes, Bytes>(&rtxn, Some(name));
+        if let (Some(entries), Some(order), Some(expiry), Some(meta)) = (
+            open("entries")?,
+            open("order")?,
+            open("expiry")?,
+            open("meta")?,
+        ) {
+            // Handles opened in a transaction die with it unless it commits (LMDB's rule).
+            rtxn.commit()?;
+            return Ok(Index {
+                entries,
+                order,
+                expiry,
+                meta,
+            });
+        }
+        drop(rtxn);
+        let mut wtxn = env.write_txn()?;
+        let index = Index {
+            entries: env.create_database(&mut wtxn, Some("entries"))?,
+            order: env.create_database(&mut wtxn, Some("order"))?,
+            expiry: env.create_database(&mut wtxn, Some("expiry"))?,
+            meta: env.create_database(&mut wtxn, Some("meta"))?,
+        };
+        wtxn.commit()?;
+        Ok(index)
+    }
+
+    pub(crate) fn get<'t>(&self, txn: &'t RoTxn, ikey: &[u8]) -> heed::Result<Option<&'t [u8]>> {
+        self.entries.get(txn, ikey)
+    }
+
+    pub(crate) fn iter<'t>(&self, txn: &'t RoTxn) -> heed::Result<heed::RoIter<'t, Bytes, Bytes>> {
+        self.entries.iter(txn)
+    }
+
+    /// The totals; recounted from the entries if the record is missing or damaged.
+    pub(crate) fn totals(&self, txn: &RoTxn) -> heed::Result<Totals> {
+        match self.meta.get(txn, TOTALS_KEY)?.and_then(Totals::decode) {
+            Some(totals) => Ok(totals),
+            None => self.recount(txn, Totals::default()),
+        }
+    }
+
+    /// Recomputes `entries` and `bytes` from the entries themselves (keeps the counters).
+    pub(crate) fn recount(&self, txn: &RoTxn, mut totals: Totals) -> heed::Result<Totals> {
+        totals.entries = 0;
+        totals.bytes = 0;
+        for item in self.entries.iter(txn)? {
+            let (ikey, value) = item?;
+            totals.entries += 1;
+            totals.bytes += footprint(ikey, value);
+        }
+        Ok(totals)
+    }
+
+    pub(crate) fn put_totals(&self, txn: &mut RwTxn, totals: &Totals) -> heed::Result<()> {
+        self.meta.put(txn, TOTALS_KEY, &totals.encode())
+    }
+
+    /// Stores `record` (already encoded) under `ikey`, replacing and accounting for any
+    /// previous entry.
+    pub(crate) fn insert(
+        &self,
+        txn: &mut RwTxn,
+        totals: &mut Totals,
+        garbage: &mut Garbage,
+        ikey: &[u8],
+        record: &[u8],
+        meta: &Meta,
+    ) -> heed::Result<()> {
+        self.remove(txn, totals, garbage, ikey)?;
+        self.entries.put(txn, ikey, record)?;
+        self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+        if meta.expire_ns != 0 {
+            self.expiry.put(txn, &stamped(meta.expire_ns, ikey), &[])?;
+        }
+        totals.entries += 1;
+        totals.bytes += footprint(ikey, record);
+        Ok(())
+    }
+
+    /// Removes `ikey` and its order and expiry entries; true if it was there.
+    pub(crate) fn remove(
+        &self,
+        txn: &mut RwTxn,
+        totals: &mut Totals,
+        garbage: &mut Garbage,
+        ikey: &[u8],
+    ) -> heed::Result<bool> {
+        let Some(value) = self.entries.get(txn, ikey)? else {
+            return Ok(false);
+        };
+        let size = footprint(ikey, value);
+        // A damaged record cannot name its order and expiry entries; eviction and purging
+        // drop such dangling entries when they reach them.
+        let decoded = Record::decode(ikey, value)
+            .ok()
+            .map(|r| (r.meta, blob_name(&r)));
+        self.entries.delete(txn, ikey)?;
+        if let Some((meta, blob)) = decoded {
+            self.order.delete(txn, &stamped(meta.order_ns, ikey))?;
+            if meta.expire_ns != 0 {
+                self.expiry.delete(txn, &stamped(meta.expire_ns, ikey))?;
+            }
+            garbage.blobs.extend(blob);
+        }
+        totals.entries = totals.entries.saturating_sub(1);
+        totals.bytes = totals.bytes.saturating_sub(size);
+        Ok(true)
+    }
+
+    /// Moves `ikey` to a new place in the eviction order (LRU use) and/or gives it a new
+    /// expiry, keeping its value; false if it is missing or unreadable.
+    pub(crate) fn restamp(
+        &self,
+        txn: &mut RwTxn,
+        ikey: &[u8],
+        change: impl FnOnce(&mut Meta),
+    ) -> heed::Result<bool> {
+        let Some(value) = self.entries.get(txn, ikey)? else {
+            return Ok(false);
+        };
+        let Ok(mut record) = Record::decode(ikey, value) else {
+            return Ok(false);
+        };
+        let old = record.meta;
+        change(&mut record.meta);
+        let new = record.meta;
+        let updated = record.encode(ikey);
+        self.order.delete(txn, &stamped(old.order_ns, ikey))?;
+        self.order.put(txn, &stamped(new.order_ns, ikey), &[])?;
+        if old.expire_ns != 0 {
+            self.expiry.delete(txn, &stamped(old.expire_ns, ikey))?;
+        }
+        if new.expire_ns != 0 {
+            self.expiry.put(txn, &stamped(new.expire_ns, ikey), &[])?;
+        }
+        self.entries.put(txn, ikey, &updated)?;
+        Ok(true)
+    }
+
+    /// Bounded housekeeping done by every write: purge a few expired entries, then evict in
+    /// order (oldest stamp first) while over the size limit. `keep` (the entry just written)
+    /// is never evicted.
+    pub(crate) fn maintain(
+        &self,
+        txn: &mut RwTxn,
+        totals: &mut Totals,
+        garbage: &mut Garbage,
+        now_ns: u64,
+        keep: &[u8],
+    ) -> heed::Result<()> {
+        let expired = self.first_keys(txn, self.expiry, PURGE_PER_WRITE, |stamp| stamp < now_ns)?;
+        for (stamp_key, ikey) in expired {
+            if !self.remove(txn, totals, garbage, &ikey)? {
+                self.expiry.delete(txn, &stamp_key)?; // dangling
+            }
+        }
+        if totals.size_limit == 0 || totals.bytes <= totals.size_limit {
+            return Ok(());
+        }
+        let candidates = self.first_keys(txn, self.order, EVICT_PER_WRITE + 1, |_| true)?;
+        for (stamp_key, ikey) in candidates {
+            if totals.bytes <= totals.size_limit {
+                break;
+            }
+            if ikey == keep {
+                continue;
+            }
+            if self.remove(txn, totals, garbage, &ikey)? {
+                totals.evictions += 1;
+            } else {
+                self.order.delete(txn, &stamp_key)?; // dangling
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every entry; returns how many there were.
+    pub(crate) fn clear(
+        &self,
+        txn: &mut RwTxn,
+        totals: &mut Totals,
+        garbage: &mut Garbage,
+    ) -> heed::Result<u64> {
+        for item in self.entries.iter(txn)? {
+            let (ikey, value) = item?;
+            if let Ok(record) = Record::decode(ikey, value) {
+                garbage.blobs.extend(blob_name(&record));
+            }
+        }
+        let count = self.entries.len(txn)?;
+        for db in [self.entries, self.order, self.expiry] {
+            db.clear(txn)?;
+        }
+        totals.entries = 0;
+        totals.bytes = 0;
+        Ok(count)
+    }
+
+    /// Verifies every entry with `valid` (given the index key and the decoded record; false
+    /// = damaged), removes the damaged and the undecodable ones, rebuilds the order and expiry
+    /// databases and the totals from the survivors. Returns (entries kept, removed, the value
+    /// files the kept entries reference).
+    pub(crate) fn rebuild(
+        &self,
+        txn: &mut RwTxn,
+        totals: &mut Totals,
+        garbage: &mut Garbage,
+        mut valid: impl FnMut(&Record<'_>) -> bool,
+    ) -> heed::Result<(u64, u64, std::collections::HashSet<String>)> {
+        let mut keep = Vec::new();
+        let mut bad = Vec::new();
+        let mut referenced = std::collections::HashSet::new();
+        for item in self.entries.iter(txn)? {
+            let (ikey, value) = item?;
+            match Record::decode(ikey, value) {
+                Ok(record) if valid(&record) => {
+                    referenced.extend(blob_name(&record));
+                    keep.push((ikey.to_vec(), record.meta));
+                }
+                Ok(record) => {
+                    garbage.blobs.extend(blob_name(&record));
+                    bad.push(ikey.to_vec());
+                }
+                Err(_) => bad.push(ikey.to_vec()),
+            }
+        }
+        for ikey in &bad {
+            self.entries.delete(txn, ikey)?;
+        }
+        self.order.clear(txn)?;
+        self.expiry.clear(txn)?;
+        for (ikey, meta) in &keep {
+            self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+            if meta.expire_ns != 0 {
+                self.expiry.put(txn, &stamped(meta.expire_ns, ikey), &[])?;
+            }
+        }
+        *totals = self.recount(txn, *totals)?;
+        Ok((keep.len() as u64, bad.len() as u64, referenced))
+    }
+
+    /// Up to `max` (stamp key, index key) pairs from the start of an order database whose
+    /// stamp satisfies `take`.
+    fn first_keys(
+        &self,
+        txn: &RoTxn,
+        db: Database<Bytes, Bytes>,
+        max: usize,
+        take: impl Fn(u64) -> bool,
+    ) -> heed::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in db.iter(txn)? {
+            let (key, _) = item?;
+            let Some((stamp, ikey)) = key.split_first_chunk::<8>() else {
+                continue;
+            };
+            if out.len() >= max || !take(u64::from_be_bytes(*stamp)) {
+                break;
+            }
+            out.push((key.to_vec(), ikey.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// Big-endian stamp ++ index key: LMDB's byte order is then time order.
+fn stamped(stamp: u64, ikey: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + ikey.len());
+    key.extend_from_slice(&stamp.to_be_bytes());
+    key.extend_from_slice(ikey);
+    key
+}
+
+pub(crate) fn blob_name(record: &Record<'_>) -> Option<String> {
+    match record.body {
+        Body::Blob { name, .. } => Some(name.to_owned()),
+        Body::Inline(_) => None,
+    }
+}
+
+/// Bytes an entry accounts for: its record and index key (three times: entries, order and
+/// expiry databases) plus LMDB node overhead, and its value file rounded up to 4 KiB blocks.
+fn footprint(ikey: &[u8], record: &[u8]) -> u64 {
+    let blob = match Record::decode(ikey, record) {
+        Ok(Record {
+            body: Body::Blob { .. },
+            meta,
+            ..
+        }) => meta.payload_len.div_ceil(4096) * 4096,
+        _ => 0,
+    };
+    (record.len() + 3 * (ikey.len() + 8) + 48) as u64 + blob
+}

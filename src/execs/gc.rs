@@ -1,0 +1,175 @@
+//! Listing installed executables and removing old or unwanted ones.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::install::{executables_dir, find_installed, lock_path};
+use super::marker::{MARKER, Marker};
+use crate::error::{IoContext, Result};
+use crate::lock::FileLock;
+use crate::lock::LockMode;
+
+/// An installed executable, as recorded when it was installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Installed {
+    /// The identifier it was installed under.
+    pub identifier: String,
+    /// The URL or path it came from.
+    pub source: String,
+    /// SHA-256 (hex) of the downloaded bytes (of the archive, for an archive member).
+    pub sha256: String,
+    /// The installed file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When the install completed.
+    pub installed_at: SystemTime,
+}
+
+impl Installed {
+    fn new(marker: Marker, path: PathBuf) -> Self {
+        Installed {
+            identifier: marker.identifier,
+            source: marker.source,
+            sha256: marker.sha256,
+            path,
+            size: marker.size,
+            installed_at: marker.installed_at,
+        }
+    }
+}
+
+/// The executables installed under `cache_root` (`None`: the default root). Incomplete
+/// installs are not listed.
+pub fn installed(cache_root: Option<&Path>) -> Result<Vec<Installed>> {
+    let executables = executables_dir(cache_root)?;
+    let mut out = Vec::new();
+    for (_, id_dir) in identifier_dirs(&executables)? {
+        if let Some((marker, path)) = find_installed(&id_dir)? {
+            out.push(Installed::new(marker, path));
+        }
+    }
+    out.sort_by(|a, b| a.identifier.cmp(&b.identifier));
+    Ok(out)
+}
+
+/// Removes installed executables that are older than a duration or not in a keep-list.
+///
+/// Each removal holds the identifier's install lock, so it never races an install of the
+/// same identifier; identifiers being installed right now are skipped. Do not collect an
+/// executable that is still in use: a process may be about to run it.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # fn main() -> dbx_concurio::Result<()> {
+/// let removed = dbx_concurio::execs::Gc::new()
+///     .older_than(Duration::from_secs(30 * 24 * 3600))
+///     .run()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "nothing is removed until `.run()` is called"]
+pub struct Gc {
+    cache_root: Option<PathBuf>,
+    older_than: Option<Duration>,
+    keep: Option<HashSet<String>>,
+}
+
+impl Gc {
+    /// A collection that removes nothing until given a criterion.
+    pub fn new() -> Self {
+        Gc::default()
+    }
+
+    /// Works under `root` instead of the default root (as [`Executable::cache_root`]).
+    ///
+    /// [`Executable::cache_root`]: super::Executable::cache_root
+    pub fn cache_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.cache_root = Some(root.into());
+        self
+    }
+
+    /// Removes executables installed more than `age` ago.
+    pub fn older_than(mut self, age: Duration) -> Self {
+        self.older_than = Some(age);
+        self
+    }
+
+    /// Removes executables whose identifier is not in `identifiers`.
+    pub fn keep<I, S>(mut self, identifiers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.keep = Some(identifiers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Removes what the criteria select (either one suffices) and returns it. Leftovers of
+    /// failed installs are removed too; lock files stay (deleting them would race).
+    pub fn run(self) -> Result<Vec<Installed>> {
+        let executables = executables_dir(self.cache_root.as_deref())?;
+        let now = SystemTime::now();
+        let mut removed = Vec::new();
+        for (hash, id_dir) in identifier_dirs(&executables)? {
+            let lock = lock_path(&executables, &hash);
+            let Some(_lock) = FileLock::try_acquire(&lock, LockMode::Exclusive)? else {
+                tracing::debug!("skipping {}: being installed", id_dir.display());
+                continue;
+            };
+            let found = find_installed(&id_dir)?;
+            if let Some((marker, _)) = &found
+                && !self.selects(marker, now)
+            {
+                continue;
+            }
+            // The marker first: from then on lock-free readers see "not installed".
+            match std::fs::remove_file(id_dir.join(MARKER)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(crate::Error::io("remove", id_dir.join(MARKER), err));
+                }
+                _ => {}
+            }
+            std::fs::remove_dir_all(&id_dir).at("remove", &id_dir)?;
+            if let Some((marker, path)) = found {
+                tracing::info!("removed {:?} ({})", marker.identifier, path.display());
+                removed.push(Installed::new(marker, path));
+            }
+        }
+        Ok(removed)
+    }
+
+    fn selects(&self, marker: &Marker, now: SystemTime) -> bool {
+        let too_old = self.older_than.is_some_and(|age| {
+            now.duration_since(marker.installed_at)
+                .is_ok_and(|elapsed| elapsed > age)
+        });
+        let unwanted = self
+            .keep
+            .as_ref()
+            .is_some_and(|keep| !keep.contains(&marker.identifier));
+        too_old || unwanted
+    }
+}
+
+/// `(hash, directory)` of every identifier directory (named by 64 hex digits).
+fn identifier_dirs(executables: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries = match std::fs::read_dir(executables) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(crate::Error::io("list", executables, err)),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.at("list", executables)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_hash = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_hash && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs.push((name, entry.path()));
+        }
+    }
+    Ok(dirs)
+}

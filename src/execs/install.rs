@@ -1,0 +1,245 @@
+//! The install protocol.
+//!
+//! 1. Lock-free check: a marker naming an intact file means installed.
+//! 2. Otherwise take `<executables>/<hash>.lock` (flock; never deleted), check again: another
+//!    process may have installed it while we waited.
+//! 3. Remove staging debris of killed installers, fetch into a staging file (hashing), verify,
+//!    extract the member, chmod 0755 and fsync through the fd, close it, wait until no forked
+//!    child still holds a write fd (ETXTBSY), rename into place, fsync the directory.
+//! 4. Write the marker last (atomically). Readers never see a partial file: the lock only
+//!    saves duplicate downloads, the renames keep the cache correct.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use tempfile::NamedTempFile;
+
+use super::fetch::{FetchOptions, Source, fetch};
+use super::marker::{Marker, STAGING_PREFIX};
+use super::{Executable, InstallPath, archive, parse_sha256};
+use crate::dirs::{self, hex};
+use crate::error::{Error, IoContext, Result};
+use crate::lock::{FileLock, LockMode};
+use crate::sys;
+
+/// The subdirectory of the cache root that holds executables.
+const EXECUTABLES_DIR: &str = "executables";
+
+/// `<root>/executables`, absolute.
+pub(super) fn executables_dir(cache_root: Option<&Path>) -> Result<PathBuf> {
+    let root = cache_root.map_or_else(dirs::default_root, Path::to_path_buf);
+    let root = std::path::absolute(&root).at("resolve", &root)?;
+    Ok(root.join(EXECUTABLES_DIR))
+}
+
+/// The identifier's lock file: next to its directory, so removing the directory (gc) never
+/// removes a lock someone may hold.
+pub(super) fn lock_path(executables: &Path, hash: &str) -> PathBuf {
+    executables.join(format!("{hash}.lock"))
+}
+
+/// The installed file of `id_dir`, if the install there is complete and intact. Takes no
+/// lock. Fails if the directory is not safely ours (someone could have planted it).
+pub(super) fn find_installed(id_dir: &Path) -> Result<Option<(Marker, PathBuf)>> {
+    let Some(marker) = Marker::read(id_dir)? else {
+        return Ok(None);
+    };
+    let Some(path) = marker.installed_file(id_dir) else {
+        return Ok(None);
+    };
+    dirs::check_private(id_dir)?;
+    Ok(Some((marker, path)))
+}
+
+pub(super) fn install(exe: Executable) -> Result<InstallPath> {
+    let offline = exe.is_offline();
+    let Executable {
+        source,
+        identifier,
+        sha256,
+        archive_member,
+        on_complete,
+        timeout,
+        retries,
+        offline: _,
+        headers,
+        force,
+        cache_root,
+        file_name,
+    } = exe;
+    if identifier.is_empty() {
+        return Err(Error::InvalidInput(
+            "the identifier may not be empty".into(),
+        ));
+    }
+    let expected = sha256.as_deref().map(parse_sha256).transpose()?;
+    let parsed = Source::parse(&source)?;
+    let member = archive_member
+        .as_deref()
+        .map(|m| archive::member_components(m, &source))
+        .transpose()?;
+    let file_name = sanitize_file_name(
+        file_name
+            .or_else(|| member.as_ref().and_then(|m| m.last().cloned()))
+            .or_else(|| parsed.last_segment()),
+    );
+
+    let executables = executables_dir(cache_root.as_deref())?;
+    let hash = hex(&Sha256::digest(identifier.as_bytes()));
+    let id_dir = executables.join(&hash);
+    // Offline means "only the cache", so it also overrides `force`.
+    if (!force || offline)
+        && let Some((_, path)) = find_installed(&id_dir)?
+    {
+        tracing::debug!("{identifier:?} is installed at {}", path.display());
+        return Ok(InstallPath::new(path, on_complete));
+    }
+    if offline {
+        return Err(Error::Offline {
+            identifier,
+            source_name: source,
+        });
+    }
+
+    dirs::prepare(&executables)?;
+    let _lock = FileLock::acquire(&lock_path(&executables, &hash), LockMode::Exclusive, None)?;
+    if !force && let Some((_, path)) = find_installed(&id_dir)? {
+        tracing::debug!("{identifier:?} was installed by another process");
+        return Ok(InstallPath::new(path, on_complete));
+    }
+    // Under the lock: gc may have removed the directory since any earlier check.
+    dirs::prepare(&id_dir)?;
+    clean_staging(&id_dir);
+
+    let options = FetchOptions {
+        timeout,
+        retries,
+        headers: &headers,
+    };
+    let fetched = fetch(&parsed, &id_dir, &options)?;
+    if let Some(expected) = expected.filter(|e| *e != fetched.sha256) {
+        return Err(Error::ChecksumMismatch {
+            source_name: source,
+            expected,
+            actual: fetched.sha256,
+        });
+    }
+    let staged = match &member {
+        Some(member) => archive::extract(fetched.file.path(), member, &id_dir, &source)?,
+        None => fetched.file,
+    };
+    let target = id_dir.join(&file_name);
+    let size = publish(staged, &target, &id_dir)?;
+
+    let previous = Marker::read(&id_dir).ok().flatten();
+    let marker = Marker {
+        identifier,
+        source,
+        sha256: fetched.sha256,
+        file_name,
+        size,
+        installed_at: SystemTime::now(),
+    };
+    marker.write(&id_dir)?;
+    if let Some(previous) = previous.filter(|p| p.file_name != marker.file_name) {
+        // A forced reinstall under another name: the old file is no longer referenced.
+        let _ = std::fs::remove_file(id_dir.join(previous.file_name));
+    }
+    tracing::info!(
+        "installed {:?} from {} at {}",
+        marker.identifier,
+        marker.source,
+        target.display()
+    );
+    Ok(InstallPath::new(target, on_complete))
+}
+
+/// Makes the staged file executable, durable and closed, then renames it to `target`.
+fn publish(staged: NamedTempFile, target: &Path, dir: &Path) -> Result<u64> {
+    let file = staged.as_file();
+    sys::make_executable(file).at("make executable", staged.path())?;
+    file.sync_all().at("sync", staged.path())?;
+    let size = file.metadata().at("inspect", staged.path())?.len();
+    // Closes our write fd: an executable must not be published while one is open (ETXTBSY).
+    let staged = staged.into_temp_path();
+    // Children forked by other threads while it was open hold copies until they exec.
+    sys::wait_until_no_writers(&staged);
+    staged
+        .persist(target)
+        .map_err(|e| e.error)
+        .at("rename into place", target)?;
+    sys::sync_dir(dir).at("sync", dir)?;
+    Ok(size)
+}
+
+/// Removes what killed installers left behind. Only called under the identifier's lock, so
+/// no live installer is writing these (unless the file system cannot lock; then its rename
+/// fails and it reports an error, but no partial file is ever published).
+fn clean_staging(id_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(id_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STAGING_PREFIX)
+        {
+            tracing::debug!("removing staging debris {}", entry.path().display());
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A single, visible file name component.
+pub(super) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control)
+}
+
+/// Turns a wished-for name into a plain one: separators and control characters become `_`,
+/// and a leading dot too (dot names are ours: the marker and staging files).
+fn sanitize_file_name(name: Option<String>) -> String {
+    let name = name.unwrap_or_default();
+    let mut clean: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c == '\0' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if clean.starts_with('.') {
+        clean.replace_range(..1, "_");
+    }
+    if clean.is_empty() {
+        clean = "executable".into();
+    }
+    clean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_plain() {
+        for (wish, got) in [
+            (Some("tool"), "tool"),
+            (Some("../x"), "_._x"),
+            (Some(".complete"), "_complete"),
+            (Some("a\nb"), "a_b"),
+            (Some(""), "executable"),
+            (None, "executable"),
+        ] {
+            let clean = sanitize_file_name(wish.map(str::to_owned));
+            assert_eq!(clean, got);
+            assert!(is_plain_name(&clean));
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The completion marker: `<id dir>/.complete`, written last, atomically.
+//!
+//! Its presence (with the file it names) is what "installed" means, so the check needs no
+//! lock. It is a few `key=value` lines: readable by people and by [`super::gc`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{IoContext, Result};
+use crate::sys;
+
+/// The marker's file name in the identifier's directory.
+pub(super) const MARKER: &str = ".complete";
+
+/// Prefix of every temporary file in an identifier's directory (see `install::clean_staging`).
+pub(super) const STAGING_PREFIX: &str = ".staging-";
+
+const HEADER: &str = "dbx-concurio executable v1";
+
+/// What a completed install recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Marker {
+    pub(super) identifier: String,
+    pub(super) source: String,
+    pub(super) sha256: String,
+    pub(super) file_name: String,
+    pub(super) size: u64,
+    pub(super) installed_at: SystemTime,
+}
+
+impl Marker {
+    /// Reads the marker of `dir`; `None` if there is none or it is unreadable garbage
+    /// (a marker is only ever renamed into place whole, so garbage means tampering).
+    pub(super) fn read(dir: &Path) -> Result<Option<Marker>> {
+        let path = dir.join(MARKER);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let marker = Marker::decode(&text);
+                if marker.is_none() {
+                    tracing::warn!("ignoring unreadable install marker {}", path.display());
+                }
+                Ok(marker)
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::NotADirectory => Ok(None),
+            Err(err) => Err(crate::Error::io("read", path, err)),
+        }
+    }
+
+    /// The installed file, if it is still there, executable, and of the recorded size.
+    pub(super) fn installed_file(&self, dir: &Path) -> Option<PathBuf> {
+        let path = dir.join(&self.file_name);
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        let intact = meta.is_file() && meta.len() == self.size && sys::is_executable(&meta);
+        intact.then_some(path)
+    }
+
+    /// Writes the marker atomically: temporary file, fsync, rename, fsync of the directory.
+    pub(super) fn write(&self, dir: &Path) -> Result<()> {
+        let mut temp = tempfile::Builder::new()
+            .prefix(STAGING_PREFIX)
+            .tempfile_in(dir)
+            .at("create marker in", dir)?;
+        temp.write_all(self.encode().as_bytes())
+            .and_then(|()| temp.as_file().sync_all())
+            .at("write", temp.path())?;
+        let target = dir.join(MARKER);
+        temp.persist(&target)
+            .map_err(|e| e.error)
+            .at("rename marker to", &target)?;
+        sys::sync_dir(dir).at("sync", dir)
+    }
+
+    fn encode(&self) -> String {
+        let secs = self
+            .installed_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        format!(
+            "{HEADER}\nidentifier={}\nsource={}\nsha256={}\nfile={}\nsize={}\ninstalled={secs}\n",
+            escape(&self.identifier),
+            escape(&self.source),
+            self.sha256,
+            escape(&self.file_name),
+            self.size,
+        )
+    }
+
+    fn decode(text: &str) -> Option<Marker> {
+        let mut lines = text.lines();
+        if lines.next()? != HEADER {
+            return None;
+        }
+        let mut field = |key: &str| -> Option<String> {
+            let line = lines.next()?;
+            line.strip_prefix(key)?.strip_prefix('=').map(unescape)
+        };
+        let identifier = field("identifier")?;
+        let source = field("source")?;
+        let sha256 = field("sha256")?;
+        let file_name = field("file")?;
+        let size = field("size")?.parse().ok()?;
+        let secs: u64 = field("installed")?.parse().ok()?;
+        // The file name must be a plain name: a marker must not point outside its directory.
+        if !super::install::is_plain_name(&file_name) {
+            return None;
+        }
+        Some(Marker {
+            identifier,
+            source,
+            sha256,
+            file_name,
+            size,
+            installed_at: UNIX_EPOCH + Duration::from_secs(secs),
+        })
+    }
+}
+
+/// Keeps every value on one line.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_odd_values() {
+        let marker = Marker {
+            identifier: "tool\nv1\\x=y".into(),
+            source: "https://e.com/a?b=c".into(),
+            sha256: "ab".repeat(32),
+            file_name: "tool".into(),
+            size: 42,
+            installed_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        };
+        assert_eq!(Marker::decode(&marker.encode()), Some(marker));
+    }
+
+    #[test]
+    fn rejects_a_file_name_that_is_a_path() {
+        let text =
+            format!("{HEADER}\nidentifier=a\nsource=b\nsha256=c\nfile=../x\nsize=1\ninstalled=1\n");
+        assert_eq!(Marker::decode(&text), None);
+    }
+}

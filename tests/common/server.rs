@@ -1,0 +1,195 @@
+//! A tiny real HTTP/1.1 server on 127.0.0.1 for the execs tests: every request is counted
+//! and answered by a closure, which can also truncate or stall the body.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What the server answers.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Content-Length to announce instead of the body's length (a truncated body).
+    pub content_length: Option<usize>,
+    /// Send this many body bytes, then hang until the server stops.
+    pub stall_after: Option<usize>,
+    /// Wait this long before sending the body (lets concurrent clients pile up).
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Vec<u8>>) -> Self {
+        Reply {
+            status: 200,
+            body: body.into(),
+            ..Reply::default()
+        }
+    }
+
+    pub fn status(status: u16) -> Self {
+        Reply {
+            status,
+            body: format!("status {status}").into_bytes(),
+            ..Reply::default()
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A request as received: path and raw header lines.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<String>,
+}
+
+type Handler = dyn Fn(usize, &Received) -> Reply + Send + Sync;
+
+pub struct Server {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts a server; `handler(n, request)` answers the n-th request (from 0).
+    pub fn start(handler: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let thread = {
+            let (hits, received, stop) = (hits.clone(), received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (hits, received, stop, handler) = (
+                        hits.clone(),
+                        received.clone(),
+                        stop.clone(),
+                        handler.clone(),
+                    );
+                    std::thread::spawn(move || {
+                        serve(stream, &hits, &received, &stop, &*handler);
+                    });
+                }
+            })
+        };
+        Server {
+            addr,
+            hits,
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// Stops accepting (the port is closed afterwards) and releases stalled replies.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    hits: &AtomicUsize,
+    received: &Mutex<Vec<Received>>,
+    stop: &AtomicBool,
+    handler: &Handler,
+) {
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return; // the shutdown wake-up connection
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        headers.push(line.trim().to_owned());
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_owned();
+    let request = Received { path, headers };
+    received.lock().expect("lock").push(request.clone());
+    let n = hits.fetch_add(1, Ordering::SeqCst);
+    let reply = handler(n, &request);
+
+    let mut stream = stream;
+    let length = reply.content_length.unwrap_or(reply.body.len());
+    let mut head = format!(
+        "HTTP/1.1 {} X\r\nContent-Length: {length}\r\nConnection: close\r\n",
+        reply.status
+    );
+    for (name, value) in &reply.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    std::thread::sleep(reply.delay);
+    let sent = reply
+        .stall_after
+        .unwrap_or(reply.body.len())
+        .min(reply.body.len());
+    let _ = stream.write_all(&reply.body[..sent]);
+    let _ = stream.flush();
+    if reply.stall_after.is_some() {
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // Dropping the stream closes the connection: a short body ends here.
+}

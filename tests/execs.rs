@@ -1,0 +1,779 @@
+//! Integration tests of `dbx_concurio::execs` against a real HTTP server on 127.0.0.1.
+//!
+//! Multi-process tests re-run this test binary with `CHILD_URL` set: `child_role` then
+//! installs like a separate program would and prints `PATH=...` or `ERR=...`.
+#![cfg(feature = "download")]
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Reply, Server};
+use dbx_concurio::Error;
+use dbx_concurio::execs::{self, Executable, Gc};
+use sha2::{Digest, Sha256};
+
+fn script(word: &str) -> Vec<u8> {
+    format!("#!/bin/sh\necho {word}\n").into_bytes()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn run(path: &Path) -> String {
+    let out = Command::new(path)
+        .output()
+        .expect("run installed executable");
+    assert!(out.status.success(), "{} failed: {out:?}", path.display());
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Every file in the identifier directories of `root` (excluding lock files).
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(root.join("executables")) else {
+        return out;
+    };
+    for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
+        for file in std::fs::read_dir(dir.path()).expect("list").flatten() {
+            out.push(file.path());
+        }
+    }
+    out
+}
+
+fn child(url: &str, identifier: &str, cache_dir: &Path) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args([
+        "--exact",
+        "child_role",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("CHILD_URL", url)
+    .env("CHILD_ID", identifier)
+    .env("DBX_CONCURIO_CACHE_DIR", cache_dir)
+    .env_remove("DBX_CONCURIO_OFFLINE")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    cmd
+}
+
+/// The cache root of a child given `DBX_CONCURIO_CACHE_DIR=cache_dir` (the default root).
+fn child_root(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("dbx_concurio")
+}
+
+/// The line a child printed with `prefix`.
+fn child_line(output: &std::process::Output, prefix: &str) -> Option<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest.to_owned()))
+}
+
+/// Not a test of its own: the body of the child processes (a no-op without `CHILD_URL`).
+#[test]
+fn child_role() {
+    let (Ok(url), Ok(id)) = (std::env::var("CHILD_URL"), std::env::var("CHILD_ID")) else {
+        return;
+    };
+    match execs::executable(url, id) {
+        Ok(path) => println!("PATH={}", path.display()),
+        Err(err) => println!("ERR={err:?}"),
+    }
+}
+
+#[test]
+fn eight_processes_one_download_one_path() {
+    let server = Server::start(|_, _| Reply {
+        delay: Duration::from_millis(300),
+        ..Reply::ok(script("eight"))
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("tool");
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            child(&url, "eight-v1", cache.path())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let paths: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait");
+            child_line(&out, "PATH=").unwrap_or_else(|| panic!("child failed: {out:?}"))
+        })
+        .collect();
+    assert_eq!(server.hits(), 1, "exactly one download");
+    assert!(paths.iter().all(|p| *p == paths[0]), "{paths:?}");
+    let path = PathBuf::from(&paths[0]);
+    assert!(path.is_absolute());
+    assert!(path.starts_with(cache.path()));
+    assert_eq!(run(&path), "eight");
+}
+
+#[test]
+fn installed_executable_is_served_from_cache_without_network() {
+    let server = Server::start(|_, _| Reply::ok(script("cached")));
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("dir/tool");
+    let first = Executable::new(&url, "cached-v1")
+        .cache_root(cache.path())
+        .header("Authorization", "Bearer t0k3n")
+        .install()
+        .expect("install");
+    assert_eq!(first.file_name().and_then(|n| n.to_str()), Some("tool"));
+    assert_eq!(server.received()[0].path, "/dir/tool");
+    assert!(
+        server.received()[0]
+            .headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("authorization: Bearer t0k3n")),
+        "extra header sent"
+    );
+    server.stop();
+    let again = Executable::new(&url, "cached-v1")
+        .cache_root(cache.path())
+        .retries(0)
+        .install()
+        .expect("cached install with the server gone");
+    let dead = Executable::new("http://127.0.0.1:1/nothing", "cached-v1")
+        .cache_root(cache.path())
+        .retries(0)
+        .install()
+        .expect("cached install with a dead URL");
+    assert_eq!(*again, *first);
+    assert_eq!(*dead, *first);
+    assert_eq!(run(&again), "cached");
+}
+
+#[test]
+fn local_path_and_file_url_sources() {
+    let src_dir = tempfile::Builder::new()
+        .prefix("with space")
+        .tempdir()
+        .expect("tempdir");
+    let src = src_dir.path().join("mytool");
+    std::fs::write(&src, script("local")).expect("write source");
+    let cache = tempfile::tempdir().expect("tempdir");
+
+    let from_path = Executable::new(src.to_string_lossy(), "local-path")
+        .cache_root(cache.path())
+        .install()
+        .expect("install from a path");
+    assert_eq!(
+        from_path.file_name().and_then(|n| n.to_str()),
+        Some("mytool")
+    );
+    assert_eq!(run(&from_path), "local");
+
+    let url = format!("file://{}", src.display()).replace(' ', "%20");
+    let from_url = Executable::new(url, "local-url")
+        .cache_root(cache.path())
+        .install()
+        .expect("install from a file:// URL");
+    assert_ne!(
+        *from_url, *from_path,
+        "distinct identifiers, distinct paths"
+    );
+    assert_eq!(run(&from_url), "local");
+
+    let missing = Executable::new("/definitely/not/here", "local-missing")
+        .cache_root(cache.path())
+        .install()
+        .expect_err("missing source");
+    assert!(
+        missing.to_string().contains("/definitely/not/here"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn not_found_names_status_and_url_and_leaves_nothing() {
+    let server = Server::start(|n, _| match n {
+        0 => Reply::status(404),
+        _ => Reply::ok(script("found")),
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("missing-tool");
+    let err = Executable::new(&url, "nf-v1")
+        .cache_root(cache.path())
+        .install()
+        .expect_err("404");
+    let message = err.to_string();
+    assert!(message.contains("404"), "{message}");
+    assert!(message.contains(&url), "{message}");
+    assert!(matches!(
+        err,
+        Error::Download {
+            status: Some(404),
+            ..
+        }
+    ));
+    assert_eq!(server.hits(), 1, "a 404 is not retried");
+    assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
+
+    let ok = Executable::new(&url, "nf-v1")
+        .cache_root(cache.path())
+        .install()
+        .expect("next call installs");
+    assert_eq!(run(&ok), "found");
+}
+
+#[test]
+fn body_shorter_than_content_length_is_an_error() {
+    let server = Server::start(|_, _| Reply {
+        content_length: Some(4096),
+        ..Reply::ok(script("short"))
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("tool");
+    let err = Executable::new(&url, "short-v1")
+        .cache_root(cache.path())
+        .retries(1)
+        .install()
+        .expect_err("truncated body");
+    assert!(matches!(err, Error::Download { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&url), "{message}");
+    assert!(
+        message.contains("4096"),
+        "names the Content-Length: {message}"
+    );
+    assert_eq!(server.hits(), 2, "a truncated body is retried");
+    assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn server_error_then_success_is_retried() {
+    let server = Server::start(|n, _| match n {
+        0 => Reply::status(503),
+        _ => Reply::ok(script("retried")),
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let exe = Executable::new(server.url("tool"), "retry-503")
+        .cache_root(cache.path())
+        .install()
+        .expect("retried install");
+    assert_eq!(server.hits(), 2);
+    assert_eq!(run(&exe), "retried");
+}
+
+#[test]
+fn too_many_requests_honours_retry_after() {
+    let server = Server::start(|n, _| match n {
+        0 => Reply::status(429).header("Retry-After", "1"),
+        _ => Reply::ok(script("patient")),
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let exe = Executable::new(server.url("tool"), "retry-429")
+        .cache_root(cache.path())
+        .install()
+        .expect("retried install");
+    assert_eq!(server.hits(), 2);
+    assert_eq!(run(&exe), "patient");
+
+    let always = Server::start(|_, _| Reply::status(503));
+    let err = Executable::new(always.url("tool"), "retry-exhausted")
+        .cache_root(cache.path())
+        .retries(1)
+        .install()
+        .expect_err("retries exhausted");
+    assert!(
+        matches!(
+            err,
+            Error::Download {
+                status: Some(503),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(always.hits(), 2, "one try plus one retry");
+}
+
+#[test]
+fn sha256_is_verified() {
+    let body = script("pinned");
+    let server = Server::start({
+        let body = body.clone();
+        move |_, _| Reply::ok(body.clone())
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let wrong = "0".repeat(64);
+    let err = Executable::new(server.url("tool"), "sha-v1")
+        .cache_root(cache.path())
+        .sha256(&wrong)
+        .install()
+        .expect_err("wrong sha256");
+    match &err {
+        Error::ChecksumMismatch {
+            expected, actual, ..
+        } => {
+            assert_eq!(*expected, wrong);
+            assert_eq!(*actual, sha256_hex(&body));
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}"),
+    }
+    assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
+    assert!(
+        execs::installed(Some(cache.path()))
+            .expect("list")
+            .is_empty()
+    );
+
+    let bad_syntax = Executable::new(server.url("tool"), "sha-v1")
+        .cache_root(cache.path())
+        .sha256("xyz")
+        .install()
+        .expect_err("bad syntax");
+    assert!(
+        matches!(bad_syntax, Error::InvalidInput(_)),
+        "{bad_syntax:?}"
+    );
+    assert_eq!(server.hits(), 1, "bad syntax is refused before any request");
+
+    let right = Executable::new(server.url("tool"), "sha-v1")
+        .cache_root(cache.path())
+        .sha256(sha256_hex(&body).to_uppercase())
+        .install()
+        .expect("right sha256");
+    assert_eq!(run(&right), "pinned");
+}
+
+fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    for (name, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        // Written raw: `set_path` would refuse the hostile names some tests need.
+        let raw = &mut header.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(data.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        builder.append(&header, *data).expect("append");
+    }
+    builder
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .expect("finish tar.gz")
+}
+
+fn zip(entries: &[(&str, &[u8])], symlink: Option<(&str, &str)>) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    for (name, data) in entries {
+        writer.start_file(*name, options).expect("start file");
+        writer.write_all(data).expect("write");
+    }
+    if let Some((name, target)) = symlink {
+        writer.add_symlink(name, target, options).expect("symlink");
+    }
+    writer.finish().expect("finish zip").into_inner()
+}
+
+fn serve_bytes(bytes: Vec<u8>) -> Server {
+    Server::start(move |_, _| Reply::ok(bytes.clone()))
+}
+
+#[test]
+fn archive_members_are_extracted() {
+    let tool = script("from-archive");
+    let tgz = tar_gz(&[("README", b"docs"), ("./bin/tool", &tool)]);
+    let zipped = zip(&[("README", b"docs"), ("bin/tool", &tool)], None);
+    let xz = {
+        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+        let mut builder = tar::Builder::new(&mut enc);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(tool.len() as u64);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "bin/tool", &tool[..])
+            .expect("append");
+        builder.finish().expect("finish tar");
+        drop(builder);
+        enc.finish().expect("finish xz")
+    };
+    let cache = tempfile::tempdir().expect("tempdir");
+    for (name, bytes) in [
+        ("t.tar.gz", tgz.clone()),
+        ("t.zip", zipped),
+        ("t.tar.xz", xz),
+    ] {
+        let server = serve_bytes(bytes.clone());
+        let exe = Executable::new(server.url(name), format!("archive-{name}"))
+            .cache_root(cache.path())
+            .sha256(sha256_hex(&bytes))
+            .archive_member("bin/tool")
+            .install()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(exe.file_name().and_then(|n| n.to_str()), Some("tool"));
+        assert_eq!(run(&exe), "from-archive", "{name}");
+    }
+
+    let server = serve_bytes(tgz);
+    let err = Executable::new(server.url("t.tar.gz"), "archive-missing")
+        .cache_root(cache.path())
+        .archive_member("bin/other")
+        .install()
+        .expect_err("missing member");
+    assert!(matches!(err, Error::Archive { .. }), "{err:?}");
+    assert!(err.to_string().contains("bin/other"), "{err}");
+}
+
+#[test]
+fn unsafe_archive_members_are_refused() {
+    let tool = script("safe");
+    let hostile = tar_gz(&[("../evil", b"#!/bin/sh\n"), ("bin/tool", &tool)]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let root = cache.path().join("root");
+    let server = serve_bytes(hostile);
+    for member in ["../evil", "/etc/passwd", "bin/../../evil"] {
+        let err = Executable::new(server.url("h.tar.gz"), format!("unsafe-{member}"))
+            .cache_root(&root)
+            .archive_member(member)
+            .install()
+            .expect_err(member);
+        assert!(matches!(err, Error::Archive { .. }), "{member}: {err:?}");
+    }
+    assert_eq!(
+        server.hits(),
+        0,
+        "unsafe member names are refused before any request"
+    );
+
+    // A hostile entry in the archive does not stop the safe member, and writes nothing.
+    let exe = Executable::new(server.url("h.tar.gz"), "unsafe-ok")
+        .cache_root(&root)
+        .archive_member("bin/tool")
+        .install()
+        .expect("safe member");
+    assert_eq!(run(&exe), "safe");
+    assert!(!cache.path().join("evil").exists());
+    assert!(!root.join("evil").exists());
+    assert!(!root.join("executables").join("evil").exists());
+
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    link.set_link_name("/bin/sh").expect("link name");
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_data(&mut link, "bin/tool", std::io::empty())
+        .expect("append link");
+    let symlink_tar = builder.into_inner().expect("tar");
+    let symlink_zip = zip(&[], Some(("bin/tool", "/bin/sh")));
+    for (name, bytes) in [("l.tar", symlink_tar), ("l.zip", symlink_zip)] {
+        let server = serve_bytes(bytes);
+        let err = Executable::new(server.url(name), format!("link-{name}"))
+            .cache_root(&root)
+            .archive_member("bin/tool")
+            .install()
+            .expect_err(name);
+        assert!(matches!(err, Error::Archive { .. }), "{name}: {err:?}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+}
+
+#[test]
+fn sigkilled_installer_leaves_no_install_and_does_not_block() {
+    let body = script("survivor");
+    let server = Server::start({
+        let body = body.clone();
+        move |n, _| match n {
+            0 => Reply {
+                stall_after: Some(body.len() / 2),
+                ..Reply::ok(body.clone())
+            },
+            _ => Reply::ok(body.clone()),
+        }
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("tool");
+    let root = child_root(cache.path());
+    let mut victim = child(&url, "killed-v1", cache.path())
+        .spawn()
+        .expect("spawn");
+    // Wait until the child is mid-download: its staging file exists.
+    let start = Instant::now();
+    while !files_under(&root)
+        .iter()
+        .any(|f| f.to_string_lossy().contains(".staging-"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "child never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    victim.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
+    let _ = victim.wait();
+    assert!(execs::installed(Some(&root)).expect("list").is_empty());
+
+    let exe = Executable::new(&url, "killed-v1")
+        .cache_root(&root)
+        .install()
+        .expect("clean install after the kill");
+    assert_eq!(run(&exe), "survivor");
+    assert_eq!(server.hits(), 2);
+    let left: Vec<_> = files_under(&root)
+        .into_iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let mut left = left;
+    left.sort();
+    assert_eq!(left, [".complete", "tool"], "staging debris was cleaned");
+}
+
+/// Forks a child that lingers (2 ms) between fork and exec, as a child doing setup work
+/// would: meanwhile it holds copies of every fd the parent had open, our write fds included.
+#[cfg(unix)]
+fn spawn_lingering_child() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("/bin/true");
+    // SAFETY: the hook only sleeps (nanosleep is async-signal-safe) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            std::thread::sleep(Duration::from_millis(2));
+            Ok(())
+        });
+    }
+    let _ = cmd.status();
+}
+
+#[cfg(unix)]
+#[test]
+fn exec_right_after_install_while_another_thread_forks() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut spawned = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    spawn_lingering_child();
+                    spawned += 1;
+                }
+                spawned
+            })
+        })
+        .collect();
+    let cache = tempfile::tempdir().expect("tempdir");
+    // A real ELF binary, padded so that writing it takes a while (ELF ignores the tail).
+    let source = cache.path().join("true-padded");
+    let mut bytes = std::fs::read("/bin/true").expect("read /bin/true");
+    bytes.resize(bytes.len() + (4 << 20), 0);
+    std::fs::write(&source, bytes).expect("write source");
+    for i in 0..20 {
+        let exe = Executable::new(source.to_string_lossy(), format!("etxtbsy-{i}"))
+            .cache_root(cache.path())
+            .install()
+            .expect("install");
+        if let Err(err) = Command::new(&*exe).status() {
+            panic!("exec of fresh install {i} failed: {err} ({err:?})");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for spawner in spawners {
+        assert!(spawner.join().expect("spawner") > 0);
+    }
+}
+
+#[test]
+fn on_complete_runs_once_and_only_from_complete() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let src = cache.path().join("src-tool");
+    std::fs::write(&src, script("done")).expect("write");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let make = |calls: &Arc<AtomicUsize>, seen: &Arc<std::sync::Mutex<Option<PathBuf>>>| {
+        let (calls, seen) = (calls.clone(), seen.clone());
+        Executable::new(src.to_string_lossy(), "complete-v1")
+            .cache_root(cache.path())
+            .on_complete(move |path: &Path| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                *seen.lock().expect("lock") = Some(path.to_owned());
+            })
+            .install()
+            .expect("install")
+    };
+    drop(make(&calls, &seen));
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "drop does not complete");
+    let exe = make(&calls, &seen);
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "install does not complete");
+    exe.complete();
+    exe.complete();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.lock().expect("lock").as_deref(), Some(&*exe as &Path));
+    drop(exe);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn offline_mode_uses_only_the_cache() {
+    let server = Server::start(|_, _| Reply::ok(script("online")));
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("tool");
+    let root = child_root(cache.path());
+    let err = Executable::new(&url, "offline-v1")
+        .cache_root(&root)
+        .offline(true)
+        .install()
+        .expect_err("not installed");
+    assert!(matches!(err, Error::Offline { .. }), "{err:?}");
+    assert_eq!(server.hits(), 0);
+
+    // The environment variable, in a child process (env changes would leak between tests).
+    let out = child(&url, "offline-v1", cache.path())
+        .env("DBX_CONCURIO_OFFLINE", "1")
+        .output()
+        .expect("child");
+    let line = child_line(&out, "ERR=").unwrap_or_else(|| panic!("child: {out:?}"));
+    assert!(line.starts_with("Offline"), "{line}");
+    assert_eq!(server.hits(), 0);
+
+    let exe = Executable::new(&url, "offline-v1")
+        .cache_root(&root)
+        .install()
+        .expect("online install");
+    let cached = Executable::new(&url, "offline-v1")
+        .cache_root(&root)
+        .offline(true)
+        .force(true)
+        .install()
+        .expect("offline reads the cache");
+    assert_eq!(*cached, *exe);
+    assert_eq!(server.hits(), 1);
+}
+
+#[test]
+fn force_reinstalls_and_gc_removes_unwanted() {
+    let version = Arc::new(AtomicUsize::new(1));
+    let server = Server::start({
+        let version = version.clone();
+        move |_, _| Reply::ok(script(&format!("v{}", version.load(Ordering::SeqCst))))
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let install = |id: &str, force: bool| {
+        Executable::new(server.url("tool"), id)
+            .cache_root(cache.path())
+            .force(force)
+            .install()
+            .expect("install")
+    };
+    assert_eq!(run(&install("gc-a", false)), "v1");
+    version.store(2, Ordering::SeqCst);
+    assert_eq!(run(&install("gc-a", false)), "v1", "cached");
+    assert_eq!(run(&install("gc-a", true)), "v2", "forced");
+    assert_eq!(run(&install("gc-b", false)), "v2");
+    assert_eq!(run(&install("gc-c", false)), "v2");
+    assert_eq!(server.hits(), 4);
+
+    let listed: Vec<String> = execs::installed(Some(cache.path()))
+        .expect("list")
+        .into_iter()
+        .map(|i| i.identifier)
+        .collect();
+    assert_eq!(listed, ["gc-a", "gc-b", "gc-c"]);
+
+    let none = Gc::new()
+        .cache_root(cache.path())
+        .older_than(Duration::from_secs(3600))
+        .run()
+        .expect("gc");
+    assert!(none.is_empty(), "nothing is an hour old");
+    let removed = Gc::new()
+        .cache_root(cache.path())
+        .keep(["gc-a"])
+        .run()
+        .expect("gc");
+    let mut removed: Vec<_> = removed
+        .into_iter()
+        .map(|i| (i.identifier, i.path))
+        .collect();
+    removed.sort();
+    assert_eq!(removed.len(), 2);
+    assert!(removed.iter().all(|(_, path)| !path.exists()));
+    let listed = execs::installed(Some(cache.path())).expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].identifier, "gc-a");
+
+    // A collected identifier installs again.
+    assert_eq!(run(&install("gc-b", false)), "v2");
+    assert_eq!(server.hits(), 5);
+}
+
+#[test]
+fn threads_share_one_download() {
+    let server = Server::start(|_, _| Reply {
+        delay: Duration::from_millis(100),
+        ..Reply::ok(script("threads"))
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("tool");
+    let paths: Vec<PathBuf> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    Executable::new(&url, "threads-v1")
+                        .cache_root(cache.path())
+                        .install()
+                        .expect("install")
+                        .to_path_buf()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(server.hits(), 1);
+    assert!(paths.iter().all(|p| *p == paths[0]));
+    assert_eq!(run(&paths[0]), "threads");
+}
+
+#[test]
+fn installed_check_takes_no_lock() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let root = cache.path().to_owned();
+    let src = root.join("lockfree-tool");
+    std::fs::write(&src, script("lockfree")).expect("write");
+    let install = move || {
+        Executable::new(src.to_string_lossy(), "lockfree-v1")
+            .cache_root(&root)
+            .install()
+            .map(|p| p.to_path_buf())
+    };
+    let first = install().expect("install");
+    // Hold the identifier's install lock, as a stuck installer would.
+    let lock_path = cache
+        .path()
+        .join("executables")
+        .join(format!("{}.lock", sha256_hex(b"lockfree-v1")));
+    let lock = std::fs::File::open(&lock_path).expect("lock file exists");
+    lock.lock().expect("take the lock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(install());
+    });
+    // A generous bound only to turn a deadlock into a failure, not a timing claim.
+    let again = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the installed check blocked on the lock")
+        .expect("cached install");
+    assert_eq!(again, first);
+    drop(lock);
+}
