@@ -98,15 +98,30 @@ fn delete(key: &str, opts: &CacheOpts) -> Outcome {
 fn stats(opts: &CacheOpts) -> Outcome {
     let cache = opts.location.open()?;
     let entries = cache.entries()?;
+    let counters = cache.stats()?;
     let report = json!({
         "directory": cache.directory(),
         "entries": entries.len(),
         "expired": entries.iter().filter(|e| e.expired).count(),
-        "bytes": entries.iter().map(|e| e.size).sum::<u64>(),
+        "bytes": counters.bytes,
+        "size_limit": counters.size_limit,
         "lock_files": lock_files(&cache),
+        "hits": counters.hits,
+        "misses": counters.misses,
+        "evictions": counters.evictions,
     });
     emit(opts, &report, || {
-        let fields = ["directory", "entries", "expired", "bytes", "lock_files"];
+        let fields = [
+            "directory",
+            "entries",
+            "expired",
+            "bytes",
+            "size_limit",
+            "lock_files",
+            "hits",
+            "misses",
+            "evictions",
+        ];
         let lines = fields.map(|f| format!("{f:<11} {}", plain(&report[f])));
         lines.join("\n")
     })

@@ -212,7 +212,8 @@ pub enum CacheCommand {
         #[command(flatten)]
         opts: CacheOpts,
     },
-    /// Entries, expired entries, value bytes, lock files and directory of a cache.
+    /// Directory, entries, expired entries, bytes on disk, size limit, lock files, and the
+    /// hit/miss/eviction counters shared by all processes.
     #[command(after_help = CACHE_EXAMPLES)]
     Stats(CacheOpts),
     /// Remove expired entries; with --older-than, also executables installed before then.

@@ -18,6 +18,10 @@ fn stats_json_has_the_documented_fields() {
     assert_eq!(stats["expired"], 0);
     assert!(stats["bytes"].as_u64().unwrap() > 0);
     assert!(stats["lock_files"].as_u64().unwrap() >= 1);
+    for counter in ["hits", "misses", "evictions"] {
+        assert!(stats[counter].is_u64(), "{counter}: {stats}");
+    }
+    assert!(stats["size_limit"].is_null(), "{stats}");
     let text = sb.ok(&["cache", "stats"]);
     assert!(text.contains("entries") && text.contains(dir), "{text}");
 }
