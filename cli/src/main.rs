@@ -1,1 +1,109 @@
-fn main() {}
+//! `concurio`: memoize commands, install tools and inspect caches from the shell.
+//! `main` parses, sets up logging, and turns an error into one line on stderr.
+
+mod cache_cmd;
+mod capture;
+mod cli;
+mod duration;
+mod install;
+mod json_value;
+mod run;
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use dbx_concurio::BoxError;
+
+use cli::{Cli, Command};
+
+/// An error that ends the program: its message and the exit status (1 unless said otherwise).
+pub struct Failure {
+    code: u8,
+    error: BoxError,
+}
+
+impl Failure {
+    /// An error with a specific exit status (e.g. 127 for a command that does not exist).
+    pub fn with_code(code: u8, error: impl Into<BoxError>) -> Self {
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl<E: Into<BoxError>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure::with_code(1, error)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One line, whatever the error's text holds.
+        let text = self.error.to_string();
+        f.write_str(&text.trim().replace('\n', "; "))
+    }
+}
+
+/// The result of a command: the exit status to end with.
+pub type Outcome = Result<u8, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // usage errors: clap's message, exit 2
+    init_logging(cli.verbose, cli.quiet);
+    match try_main(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("concurio: {failure}");
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> Outcome {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Install(args) => install::install(args),
+        Command::Exec(args) => install::exec(args),
+        Command::Cache(command) => cache_cmd::cache(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "concurio",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Logs go to stderr: warnings by default, `-v`/`-q` move the level, `CONCURIO_LOG` (an
+/// env-filter directive) applies when neither is given. No colour unless stderr is a terminal
+/// and `NO_COLOR` is unset.
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (quiet, verbose) {
+        (2.., _) => "off",
+        (1, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let from_env = tracing_subscriber::EnvFilter::try_from_env("CONCURIO_LOG");
+    let filter = match from_env {
+        Ok(filter) if verbose == 0 && quiet == 0 => filter,
+        _ => tracing_subscriber::EnvFilter::new(level),
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
+        .with_target(false)
+        .without_time()
+        .init();
+}

@@ -1,0 +1,259 @@
+//! Command-line definitions (clap derive). Behaviour lives in one module per command.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::duration;
+
+const ABOUT_EXAMPLES: &str = "\
+Examples:
+  concurio run --ttl 10m -- curl -s https://example.com/api   # memoize a command
+  concurio install https://example.com/tool.tar.gz --id tool-1.2 --member bin/tool
+  concurio cache stats --json
+
+Caches and executables live under $DBX_CONCURIO_CACHE_DIR (default: the temp dir) in dbx_concurio/.
+Exit status: 0 on success, 1 on errors, 2 on usage errors; `run` and `exec` exit with the command's status.";
+
+/// Memoize commands across processes, install verified tools, inspect disk caches.
+#[derive(Debug, Parser)]
+#[command(name = "concurio", version, after_help = ABOUT_EXAMPLES)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). Default: warnings only.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output on stderr (-q errors only, -qq nothing).
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command once and replay its output from the cache while it is fresh (like bkt).
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Install an executable (download or copy, verify, cache) and print its absolute path.
+    #[command(after_help = INSTALL_EXAMPLES)]
+    Install(InstallArgs),
+    /// Run an installed executable by its identifier.
+    #[command(after_help = EXEC_EXAMPLES)]
+    Exec(ExecArgs),
+    /// Inspect and maintain a disk cache.
+    #[command(subcommand, after_help = CACHE_EXAMPLES)]
+    Cache(CacheCommand),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  concurio completions bash > ~/.local/share/bash-completion/completions/concurio"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Which cache: `--dir DIR` and/or `--name NAME`.
+#[derive(Debug, Clone, Args)]
+pub struct CacheLocation {
+    /// Cache directory. With --name the cache is DIR/NAME; alone, DIR itself.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Cache name under the default root ($DBX_CONCURIO_CACHE_DIR or the temp dir, then
+    /// dbx_concurio/), or under --dir. Default without --dir: `run`, the cache of `concurio run`.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  concurio run -- make --version                      # cached for 1 minute (the default TTL)
+  concurio run --ttl 1h --cwd -- git log -1            # the working directory is part of the key
+  concurio run --ttl 10m --stale 1h -- ./slow-report   # serve stale output at once, refresh behind
+  concurio run --key weather --ttl 30m -- curl -s wttr.in
+  concurio run --discard-failures -- ./flaky-probe     # only successes are cached
+
+The key is a SHA-256 of the argv (plus the working directory with --cwd, plus the values of the
+--env variables), unless --key names it. Replays write the recorded stdout and stderr byte for
+byte (each in one piece, so their interleaving is not kept) and exit with the recorded status;
+a command killed by signal N exits 128+N. If CMD cannot be started, concurio prints one error
+line and exits 127 (not found) or 126 (not executable); nothing is cached then.";
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// How long a result is replayed (30s, 10m, 1h, 2d; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration::parse)]
+    pub ttl: Duration,
+    /// Past the TTL, keep replaying the old result for this long while a background
+    /// `concurio run` refreshes it (the caller does not wait).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub stale: Option<Duration>,
+    /// Run the command even if a fresh result exists, and store the new result.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not cache results with a non-zero exit status (or killed by a signal).
+    #[arg(long)]
+    pub discard_failures: bool,
+    /// Name the cache entry yourself instead of hashing the command line.
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
+    /// Make the current working directory part of the key.
+    #[arg(long)]
+    pub cwd: bool,
+    /// Make the value of environment variable NAME part of the key (repeatable).
+    #[arg(long = "env", value_name = "NAME")]
+    pub env: Vec<String>,
+    /// Pass our stdin to the command when it runs (default: /dev/null). stdin is not part of
+    /// the key, and a replay does not read it.
+    #[arg(long)]
+    pub stdin: bool,
+    /// Internal: the background refresh started by --stale.
+    #[arg(long, hide = true)]
+    pub refresh: bool,
+    #[command(flatten)]
+    pub location: CacheLocation,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+const INSTALL_EXAMPLES: &str = "\
+Examples:
+  tool=$(concurio install https://example.com/tool-1.2 --id tool-1.2 --sha256 <64 hex digits>)
+  concurio install https://example.com/tool-1.2.tar.gz --id tool-1.2 --member tool-1.2/bin/tool
+  concurio install ./build/tool --id tool-dev --force
+
+Only the absolute path goes to stdout; progress and messages go to stderr. An executable is
+downloaded once per identifier; later installs return the cached path without any request.";
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// URL (http://, https://, file://) or local path of the executable or archive.
+    pub source: String,
+    /// Identifier of this executable (include the version: the cache is keyed by it).
+    #[arg(long)]
+    pub id: String,
+    /// Expected SHA-256 of the downloaded bytes (64 hex digits).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Install this member of a .tar.gz/.tgz/.tar.xz/.zip archive.
+    #[arg(long, value_name = "PATH")]
+    pub member: Option<String>,
+    /// Never download: succeed only if already installed.
+    #[arg(long)]
+    pub offline: bool,
+    /// Reinstall even if already installed.
+    #[arg(long)]
+    pub force: bool,
+    /// File name of the installed executable (default: from the source or member).
+    #[arg(long = "name", value_name = "FILE")]
+    pub file_name: Option<String>,
+    #[arg(long, value_name = "DIR", help = ROOT_HELP)]
+    pub root: Option<PathBuf>,
+    /// Time limit of one download attempt (e.g. 2m).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub timeout: Option<Duration>,
+    /// How many times a failed download is retried.
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Extra HTTP request header, e.g. "Authorization: Bearer $TOKEN" (repeatable).
+    #[arg(long, value_name = "NAME: VALUE")]
+    pub header: Vec<String>,
+}
+
+const ROOT_HELP: &str = "Cache root: executables live in DIR/executables [default: \
+    $DBX_CONCURIO_CACHE_DIR or the temp dir, then dbx_concurio]";
+
+const EXEC_EXAMPLES: &str = "\
+Examples:
+  concurio exec tool-1.2 -- --help
+  concurio exec tool-1.2 --root /opt/tools -- build .
+
+Exits with the tool's status (128+N if killed by signal N); 1 if ID is not installed.";
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Identifier given to `concurio install --id`.
+    pub id: String,
+    #[arg(long, value_name = "DIR", help = ROOT_HELP)]
+    pub root: Option<PathBuf>,
+    /// Arguments for the tool.
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<OsString>,
+}
+
+const CACHE_EXAMPLES: &str = "\
+Examples:
+  concurio cache list                       # the cache of `concurio run`
+  concurio cache list --dir /some/dir --name my_cache --json
+  concurio cache get greeting --name my_cache
+  concurio cache prune --older-than 30d     # expired entries; executables installed 30+ days ago";
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List entries: key, age, expiry, size.
+    #[command(after_help = CACHE_EXAMPLES)]
+    List(CacheOpts),
+    /// Print the value of KEY as JSON (bytes become a string if UTF-8, else a list of numbers).
+    #[command(after_help = CACHE_EXAMPLES)]
+    Get {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        opts: CacheOpts,
+    },
+    /// Delete KEY (exit 0 whether or not it was there; --json tells which).
+    #[command(after_help = CACHE_EXAMPLES)]
+    Delete {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        opts: CacheOpts,
+    },
+    /// Directory, entries, expired entries, bytes on disk, size limit, lock files, and the
+    /// hit/miss/eviction counters shared by all processes.
+    #[command(after_help = CACHE_EXAMPLES)]
+    Stats(CacheOpts),
+    /// Remove expired entries; with --older-than, also executables installed before then.
+    #[command(visible_alias = "purge", after_help = CACHE_EXAMPLES)]
+    Prune {
+        /// Also remove installed executables older than this (30d, 12h, ...).
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        older_than: Option<Duration>,
+        #[arg(long, value_name = "DIR", help = ROOT_HELP)]
+        root: Option<PathBuf>,
+        #[command(flatten)]
+        opts: CacheOpts,
+    },
+    /// Remove every entry. Asks no question (safe in scripts); prints how many were removed.
+    #[command(after_help = CACHE_EXAMPLES)]
+    Clear(CacheOpts),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CacheOpts {
+    #[command(flatten)]
+    pub location: CacheLocation,
+    /// Machine-readable JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl CacheLocation {
+    /// Opens the chosen cache: `DIR[/NAME]`, or `<default root>/NAME` (NAME defaults to
+    /// `run`). An explicit `--dir` that cannot be used is an error, never a silent fallback to
+    /// the temp dir (the library's default for programs).
+    pub fn open(&self) -> dbx_concurio::Result<dbx_concurio::caches::DiskCache> {
+        let builder = dbx_concurio::caches::DiskCache::builder();
+        let builder = match &self.dir {
+            Some(dir) => builder.directory(dir).fallback(false),
+            None => builder.name("run"),
+        };
+        match &self.name {
+            Some(name) => builder.name(name.as_str()).build(),
+            None => builder.build(),
+        }
+    }
+}

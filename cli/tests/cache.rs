@@ -1,0 +1,137 @@
+//! `concurio cache ...`, help, version and completions, end to end.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Sandbox, counted, run_args};
+
+#[test]
+fn stats_json_has_the_documented_fields() {
+    let sb = Sandbox::new();
+    sb.ok(&run_args(&[], &counted("echo hi")));
+    let stats = sb.json(&["cache", "stats", "--json"]);
+    let dir = stats["directory"].as_str().expect("directory");
+    assert!(std::path::Path::new(dir).is_dir());
+    assert!(dir.starts_with(sb.path().to_str().unwrap()), "{dir}");
+    assert_eq!(stats["entries"], 1);
+    assert_eq!(stats["expired"], 0);
+    assert!(stats["bytes"].as_u64().unwrap() > 0);
+    assert!(stats["lock_files"].as_u64().unwrap() >= 1);
+    for counter in ["hits", "misses", "evictions"] {
+        assert!(stats[counter].is_u64(), "{counter}: {stats}");
+    }
+    assert!(stats["size_limit"].is_null(), "{stats}");
+    let text = sb.ok(&["cache", "stats"]);
+    assert!(text.contains("entries") && text.contains(dir), "{text}");
+}
+
+#[test]
+fn list_get_delete_clear() {
+    let sb = Sandbox::new();
+    for key in ["alpha", "beta"] {
+        sb.ok(&run_args(&["--key", key], &counted(&format!("echo {key}"))));
+    }
+    let list = sb.json(&["cache", "list", "--json"]);
+    let keys: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["alpha", "beta"]);
+    assert!(sb.ok(&["cache", "list"]).contains("beta"));
+
+    let value: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["cache", "get", "alpha"])).unwrap();
+    assert_eq!(value["stdout"], "alpha\n");
+    let missing = sb.concurio(&["cache", "get", "gamma"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("concurio: no entry for key"));
+
+    assert_eq!(
+        sb.json(&["cache", "delete", "alpha", "--json"])["deleted"],
+        true
+    );
+    assert_eq!(
+        sb.json(&["cache", "delete", "alpha", "--json"])["deleted"],
+        false
+    );
+    assert_eq!(
+        sb.json(&["cache", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(sb.json(&["cache", "clear", "--json"])["removed"], 1);
+    assert_eq!(sb.json(&["cache", "stats", "--json"])["entries"], 0);
+}
+
+#[test]
+fn dir_and_name_pick_the_cache() {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("elsewhere");
+    let dir = dir.to_str().unwrap();
+    sb.ok(&run_args(
+        &["--dir", dir, "--name", "n", "--key", "k"],
+        &counted("echo hi"),
+    ));
+    let stats = sb.json(&["cache", "stats", "--dir", dir, "--name", "n", "--json"]);
+    assert_eq!(stats["entries"], 1);
+    assert_eq!(stats["directory"], format!("{dir}/n"));
+    assert_eq!(
+        sb.json(&["cache", "stats", "--json"])["entries"],
+        0,
+        "default cache"
+    );
+    assert_eq!(
+        sb.json(&["cache", "stats", "--name", "n", "--json"])["entries"],
+        0
+    );
+}
+
+#[test]
+fn prune_and_purge_remove_expired_entries() {
+    let sb = Sandbox::new();
+    sb.ok(&run_args(
+        &["--ttl", "1s", "--key", "short"],
+        &counted("echo a"),
+    ));
+    sb.ok(&run_args(
+        &["--ttl", "1h", "--key", "long"],
+        &counted("echo b"),
+    ));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(sb.json(&["cache", "stats", "--json"])["expired"], 1);
+    assert_eq!(sb.json(&["cache", "prune", "--json"])["expired_removed"], 1);
+    assert_eq!(sb.json(&["cache", "purge", "--json"])["expired_removed"], 0);
+    assert_eq!(sb.json(&["cache", "stats", "--json"])["entries"], 1);
+}
+
+#[test]
+fn help_on_every_command_has_examples_and_version_and_completions_work() {
+    let sb = Sandbox::new();
+    let commands: [&[&str]; 11] = [
+        &[],
+        &["cache"],
+        &["run"],
+        &["install"],
+        &["exec"],
+        &["cache", "list"],
+        &["cache", "get"],
+        &["cache", "delete"],
+        &["cache", "stats"],
+        &["cache", "prune"],
+        &["cache", "clear"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = sb.ok(&args);
+        assert!(help.contains("Example"), "{args:?}: {help}");
+    }
+    let version = sb.ok(&["--version"]);
+    assert!(version.starts_with("concurio "), "{version}");
+    assert!(sb.ok(&["completions", "bash"]).contains("concurio"));
+}

@@ -1,0 +1,77 @@
+//! Test helpers: the built `concurio` binary in a private cache base directory.
+#![allow(dead_code)] // each test file uses a part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A private `DBX_CONCURIO_CACHE_DIR`, also the working directory of the commands.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `concurio` with this sandbox's environment and null stdin.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_concurio"));
+        cmd.env("DBX_CONCURIO_CACHE_DIR", self.path())
+            .env_remove("CONCURIO_LOG")
+            .env_remove("DBX_CONCURIO_OFFLINE")
+            .current_dir(self.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `concurio ARGS` to completion.
+    pub fn concurio(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("spawn concurio")
+    }
+
+    /// Runs `concurio ARGS`, asserts it exited 0, returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.concurio(args);
+        assert!(out.status.success(), "concurio {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs `concurio ARGS` and parses its stdout as JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let stdout = self.ok(args);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"))
+    }
+
+    /// The file counted commands append to.
+    pub fn counter_path(&self) -> PathBuf {
+        self.path().join("counter")
+    }
+
+    /// How many times a counting command ran (lines in the counter file).
+    pub fn runs(&self) -> usize {
+        std::fs::read_to_string(self.counter_path()).map_or(0, |text| text.lines().count())
+    }
+}
+
+/// `sh -c 'echo x >> counter; SCRIPT'`: counts its runs in the sandbox's counter file (the
+/// working directory), then runs SCRIPT.
+pub fn counted(script: &str) -> Vec<String> {
+    let script = format!("echo x >> counter; {script}");
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// `concurio run FLAGS -- ARGV` as one argument list.
+pub fn run_args<'a>(flags: &[&'a str], argv: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend(argv.iter().map(String::as_str));
+    args
+}

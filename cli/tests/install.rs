@@ -1,0 +1,124 @@
+//! `concurio install`, `exec` and executable pruning against a loopback HTTP server.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::Sandbox;
+use sha2::{Digest, Sha256};
+
+const TOOL: &[u8] = b"#!/bin/sh\necho \"tool ran:$*\"\nexit \"${TOOL_EXIT:-0}\"\n";
+
+/// Serves TOOL at every path on 127.0.0.1; returns the base URL and the request count.
+fn serve() -> (String, Arc<AtomicUsize>) {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
+    let port = server.server_addr().to_ip().expect("ip address").port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for request in server.incoming_requests() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = request.respond(tiny_http::Response::from_data(TOOL));
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), requests)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn install_prints_only_a_runnable_path_and_exec_runs_it() {
+    let sb = Sandbox::new();
+    let (base, requests) = serve();
+    let url = format!("{base}/tool");
+    let sha = sha256_hex(TOOL);
+    let args = [
+        "install",
+        url.as_str(),
+        "--id",
+        "tool-1",
+        "--sha256",
+        sha.as_str(),
+    ];
+    let stdout = sb.ok(&args);
+    let path = stdout.strip_suffix('\n').expect("one line");
+    assert!(
+        !path.contains('\n'),
+        "more than the path on stdout: {stdout:?}"
+    );
+    let path = std::path::Path::new(path);
+    assert!(
+        path.is_absolute() && path.starts_with(sb.path()),
+        "{path:?}"
+    );
+    let ran = std::process::Command::new(path).arg("x").output().unwrap();
+    assert_eq!(ran.stdout, b"tool ran:x\n");
+
+    assert_eq!(sb.ok(&args), stdout, "a second install gives the same path");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "installed twice");
+
+    assert_eq!(sb.ok(&["exec", "tool-1", "--", "a", "b"]), "tool ran:a b\n");
+    let failing = sb
+        .cmd()
+        .args(["exec", "tool-1"])
+        .env("TOOL_EXIT", "5")
+        .output()
+        .unwrap();
+    assert_eq!(
+        failing.status.code(),
+        Some(5),
+        "exec passes the tool's status"
+    );
+}
+
+#[test]
+fn checksum_mismatch_fails_with_a_message_and_installs_nothing() {
+    let sb = Sandbox::new();
+    let (base, _) = serve();
+    let url = format!("{base}/tool");
+    let wrong = "0".repeat(64);
+    let out = sb.concurio(&["install", &url, "--id", "tool-2", "--sha256", &wrong]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("concurio: ") && stderr.contains("sha256"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let exec = sb.concurio(&["exec", "tool-2"]);
+    assert_eq!(exec.status.code(), Some(1));
+    let stderr = String::from_utf8(exec.stderr).unwrap();
+    assert!(stderr.contains("no executable is installed"), "{stderr}");
+}
+
+#[test]
+fn offline_install_of_a_missing_tool_fails_and_prune_removes_old_executables() {
+    let sb = Sandbox::new();
+    let (base, requests) = serve();
+    let url = format!("{base}/tool");
+    let offline = sb.concurio(&["install", &url, "--id", "tool-3", "--offline"]);
+    assert_eq!(offline.status.code(), Some(1));
+    assert_eq!(requests.load(Ordering::SeqCst), 0);
+
+    let path = sb.ok(&["install", &url, "--id", "tool-3"]);
+    assert_eq!(
+        sb.ok(&["install", &url, "--id", "tool-3", "--offline"]),
+        path
+    );
+    let kept = sb.json(&["cache", "prune", "--older-than", "1h", "--json"]);
+    assert_eq!(kept["executables_removed"], serde_json::json!([]));
+    let pruned = sb.json(&["cache", "prune", "--older-than", "0s", "--json"]);
+    assert_eq!(
+        pruned["executables_removed"],
+        serde_json::json!([path.trim_end()])
+    );
+    assert_eq!(sb.concurio(&["exec", "tool-3"]).status.code(), Some(1));
+}
