@@ -1,4 +1,4 @@
-//! `concurio cache list|get|delete|stats|prune|clear`: human text by default, `--json` for
+//! `concurio cache list|get|delete|stats|prune|check|clear`: human text by default, `--json` for
 //! scripts. Results go to stdout.
 
 use std::time::SystemTime;
@@ -29,6 +29,20 @@ pub fn cache(command: CacheCommand) -> Outcome {
                 format!(
                     "removed {purged} expired entries and {} executables",
                     removed.len()
+                )
+            })
+        }
+        CacheCommand::Check(opts) => {
+            let report = opts.location.open()?.check()?;
+            let json = json!({
+                "entries": report.entries,
+                "removed_entries": report.removed_entries,
+                "removed_files": report.removed_files,
+            });
+            emit(&opts, &json, || {
+                format!(
+                    "{} entries verified; removed {} damaged entries and {} debris files",
+                    report.entries, report.removed_entries, report.removed_files
                 )
             })
         }

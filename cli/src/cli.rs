@@ -65,6 +65,10 @@ pub struct CacheLocation {
     /// dbx_concurio/), or under --dir. Default without --dir: `run`, the cache of `concurio run`.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Bound the cache's size on disk (e.g. 500M, 2G); stored in the cache, so it holds for
+    /// every process that uses it. Least recently stored entries are evicted first.
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse)]
+    pub size_limit: Option<u64>,
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -189,7 +193,9 @@ Examples:
   concurio cache list                       # the cache of `concurio run`
   concurio cache list --dir /some/dir --name my_cache --json
   concurio cache get greeting --name my_cache
-  concurio cache prune --older-than 30d     # expired entries; executables installed 30+ days ago";
+  concurio cache prune --older-than 30d     # expired entries; executables installed 30+ days ago
+  concurio cache check --json               # verify; remove damaged entries and debris
+  concurio cache stats --size-limit 500M    # bound the cache (kept for every process)";
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
@@ -230,6 +236,10 @@ pub enum CacheCommand {
     /// Remove every entry. Asks no question (safe in scripts); prints how many were removed.
     #[command(after_help = CACHE_EXAMPLES)]
     Clear(CacheOpts),
+    /// Verify every entry and value file; remove damaged entries and debris (orphan value
+    /// files, temp files of interrupted writes, foreign lock files older than a minute).
+    #[command(after_help = CACHE_EXAMPLES)]
+    Check(CacheOpts),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -250,6 +260,10 @@ impl CacheLocation {
         let builder = match &self.dir {
             Some(dir) => builder.directory(dir).fallback(false),
             None => builder.name("run"),
+        };
+        let builder = match self.size_limit {
+            Some(limit) => builder.size_limit(limit),
+            None => builder,
         };
         match &self.name {
             Some(name) => builder.name(name.as_str()).build(),

@@ -8,6 +8,7 @@ mod duration;
 mod install;
 mod json_value;
 mod run;
+mod size;
 
 use std::fmt;
 use std::io::IsTerminal;

@@ -135,3 +135,36 @@ fn help_on_every_command_has_examples_and_version_and_completions_work() {
     assert!(version.starts_with("concurio "), "{version}");
     assert!(sb.ok(&["completions", "bash"]).contains("concurio"));
 }
+
+#[test]
+fn size_limit_is_stored_and_check_repairs() {
+    let sb = Sandbox::new();
+    sb.ok(&run_args(&[], &counted("echo hi")));
+    let stats = sb.json(&["cache", "stats", "--json", "--size-limit", "64K"]);
+    assert_eq!(stats["size_limit"], 64 * 1024);
+    // Stored in the cache: later invocations without the flag see it.
+    assert_eq!(
+        sb.json(&["cache", "stats", "--json"])["size_limit"],
+        64 * 1024
+    );
+    let bad = sb.concurio(&["cache", "stats", "--size-limit", "lots"]);
+    assert_eq!(bad.status.code(), Some(2));
+
+    let dir = sb.json(&["cache", "stats", "--json"])["directory"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let debris = std::path::Path::new(&dir).join(".key-locks/planted.lock");
+    std::fs::write(&debris, "x").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&debris)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let report = sb.json(&["cache", "check", "--json"]);
+    assert_eq!(report["entries"], 1, "{report}");
+    assert_eq!(report["removed_files"], 1, "{report}");
+    assert!(!debris.exists());
+}
