@@ -154,6 +154,7 @@ fn emit(opts: &CacheOpts, report: &Value, human: impl FnOnce() -> String) -> Out
 fn plain(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
+        Value::Null => "none".to_owned(),
         other => other.to_string(),
     }
 }
