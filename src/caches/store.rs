@@ -668,7 +668,14 @@ fn guard_index_file(index_dir: &Path, env: &Env) -> Result<Option<String>> {
         )));
     }
     let target = sys::INDEX_MAP_SIZE as u64;
-    if before.len() < target {
+    if before.len() < target && target > sys::file_size_limit() {
+        // Extending past RLIMIT_FSIZE would fail, and raise SIGXFSZ (fatal by default).
+        tracing::warn!(
+            "the file size limit is below {} GiB: not extending {}; a damaged index may crash readers",
+            target >> 30,
+            path.display()
+        );
+    } else if before.len() < target {
         file.set_len(target).at("extend", &path)?;
         // A file system without sparse files would have allocated it all: undo.
         let after = file.metadata().at("inspect", &path)?;
