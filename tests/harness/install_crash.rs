@@ -83,7 +83,7 @@ pub struct Report {
     pub installs_confirmed: u64,
     /// Published files, markers and listed installs checked byte for byte.
     pub files_checked: u64,
-    /// Staging files of killed installers seen (allowed: never published).
+    /// Temp files of killed installers seen (allowed: never published).
     pub debris_seen: u64,
     pub partial: u64,
     pub violations: Vec<String>,
@@ -93,7 +93,7 @@ impl Report {
     /// The one-line summary printed by the test and the example.
     pub fn summary(&self) -> String {
         format!(
-            "install crash: {} rounds, {} SIGKILLs, {} installs confirmed, {} files checked whole, {} staging files of killed installers (unpublished), {} partial, {} violations",
+            "install crash: {} rounds, {} SIGKILLs, {} installs confirmed, {} files checked whole, {} temp files of killed installers (unpublished), {} partial, {} violations",
             self.rounds,
             self.kills,
             self.installs_confirmed,
@@ -229,14 +229,16 @@ fn verify(root: &Path, ids: &HashMap<String, String>, round: u64, report: &mut R
             .flatten()
         {
             let fname = file.file_name().to_string_lossy().into_owned();
-            if fname.starts_with(".staging-") {
-                report.debris_seen += 1;
-            } else if fname == ".complete" {
+            if fname == ".complete" {
                 let text = std::fs::read_to_string(file.path()).unwrap_or_default();
                 match text.lines().find_map(|l| l.strip_prefix("file=")) {
                     Some(target) => check_file(&dir.path().join(target), id, round, report),
                     None => report.violation(round, format!("marker of {id} is damaged: {text:?}")),
                 }
+            } else if fname.starts_with('.') {
+                // Temp files of killed installers (`.staging-*`, `.write-probe*`): never
+                // published, since published names never start with a dot.
+                report.debris_seen += 1;
             } else {
                 check_file(&file.path(), id, round, report);
             }
