@@ -556,7 +556,8 @@ impl Paths<'_> {
     /// while unsynced writes were pending, and resets the cache if it cannot be trusted.
     fn recover(&self) -> Result<()> {
         let marker = self.dir.join(MARKER);
-        match fs::read_to_string(&marker) {
+        // Read as bytes: a marker that is not even UTF-8 is garbage too (reset), not an error.
+        match fs::read(&marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
             Ok(text) if text == MARKER_TEXT => {}
             Ok(text) if text.starts_with("dbx-concurio cache format ") => {
                 return Err(Error::Unsupported(format!(
