@@ -17,8 +17,8 @@
 //! # Ok(()) }
 //! ```
 
-mod index;
-mod record;
+pub(crate) mod index;
+pub(crate) mod record;
 mod store;
 
 use std::fmt;

@@ -34,7 +34,7 @@ mod gc;
 mod http;
 mod install;
 mod install_path;
-mod marker;
+pub(crate) mod marker;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
