@@ -384,3 +384,39 @@ fn flipped_bytes_in_any_file_give_errors_or_a_reset_never_a_wrong_value() {
          (index only: LMDB's known limit), 0 wrong values"
     );
 }
+
+// ---------------------------------------------------------------- installer markers
+
+/// Regression: a marker that was not UTF-8 made `install` of its identifier fail forever
+/// and `installed()` fail for every identifier; damaged markers are garbage (reinstall).
+#[test]
+fn a_damaged_install_marker_means_not_installed() {
+    use dbx_concurio::execs::{self, Executable};
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("tool");
+    std::fs::write(&source, "#!/bin/sh\necho ok\n").unwrap();
+    let root = tmp.path().join("root");
+    let install = |id: &str| {
+        Executable::new(source.display().to_string(), id)
+            .cache_root(&root)
+            .install()
+            .map(|p| p.path().to_owned())
+    };
+    let damaged = install("damaged").unwrap();
+    install("intact").unwrap();
+    let marker = damaged.parent().unwrap().join(".complete");
+    for garbage in [
+        &[0xFFu8, 0xFE, b'\n'][..],
+        b"dbx-concurio executable v1\nrubbish\n",
+    ] {
+        std::fs::write(&marker, garbage).unwrap();
+        let listed: Vec<String> = execs::installed(Some(&root))
+            .unwrap()
+            .into_iter()
+            .map(|i| i.identifier)
+            .collect();
+        assert_eq!(listed, ["intact"]);
+        assert_eq!(install("damaged").unwrap(), damaged, "reinstalled");
+        assert_eq!(execs::installed(Some(&root)).unwrap().len(), 2);
+    }
+}

@@ -44,6 +44,12 @@ impl Marker {
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) if err.kind() == std::io::ErrorKind::NotADirectory => Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                // Not UTF-8: garbage like any other (one damaged marker must not make every
+                // listing and every install of its identifier fail).
+                tracing::warn!("ignoring unreadable install marker {}", path.display());
+                Ok(None)
+            }
             Err(err) => Err(crate::Error::io("read", path, err)),
         }
     }
