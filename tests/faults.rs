@@ -420,3 +420,117 @@ fn a_damaged_install_marker_means_not_installed() {
         assert_eq!(execs::installed(Some(&root)).unwrap().len(), 2);
     }
 }
+
+// ---------------------------------------------------------------- full and read-only file systems
+
+/// A small tmpfs mounted for one test, unmounted when dropped. Needs root (CAP_SYS_ADMIN):
+/// elsewhere the test says why it is skipped and passes without testing anything.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)");
+        }
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+
+    fn remount(&self, options: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {options}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_file_system_fails_writes_keeps_everything_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("mnt"), "size=2m,mode=0700") else {
+        return;
+    };
+    let dir = fs.0.join("cache");
+    fill(&dir);
+    let cache = open(&dir).unwrap();
+    let big = |i: u64| vec![i as u8; 150_000];
+    let mut stored = Vec::new();
+    let err = loop {
+        let i = stored.len() as u64;
+        match cache.set(&format!("big{i}"), &big(i), None) {
+            Ok(()) => stored.push(i),
+            Err(err) => break err,
+        }
+        assert!(i < 100, "2 MiB never filled up");
+    };
+    // ENOSPC, as an I/O error naming the file; nothing else broke.
+    assert_eq!(
+        err.io_kind(),
+        Some(std::io::ErrorKind::StorageFull),
+        "{err:?}"
+    );
+    assert_eq!(read_all(&cache).unwrap(), (KEYS, 0, 0));
+    for &i in &stored {
+        assert_eq!(
+            cache
+                .get::<Vec<u8>>(&format!("big{i}"))
+                .unwrap()
+                .unwrap()
+                .value,
+            big(i)
+        );
+    }
+    // Space returns: the cache works again, and check() finds nothing damaged.
+    fs.remount("size=64m");
+    cache.set("after", &big(99), None).unwrap();
+    assert_eq!(
+        cache.get::<Vec<u8>>("after").unwrap().unwrap().value,
+        big(99)
+    );
+    assert_eq!(cache.check().unwrap().removed_entries, 0);
+    eprintln!(
+        "disk full after {} large values: {err}; recovered once space returned",
+        stored.len()
+    );
+}
+
+#[test]
+fn a_read_only_file_system_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("mnt"), "size=4m,mode=0700") else {
+        return;
+    };
+    let dir = fs.0.join("cache");
+    fill(&dir);
+    fs.remount("ro");
+    let err = open(&dir).unwrap_err();
+    assert_eq!(
+        err.io_kind(),
+        Some(std::io::ErrorKind::ReadOnlyFilesystem),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&*dir.to_string_lossy()), "{err}");
+    let err = open(&fs.0.join("new")).unwrap_err();
+    assert_eq!(
+        err.io_kind(),
+        Some(std::io::ErrorKind::ReadOnlyFilesystem),
+        "{err:?}"
+    );
+}
