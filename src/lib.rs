@@ -14,6 +14,10 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 #![cfg_attr(not(feature = "download"), allow(dead_code))]
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
 pub mod caches;
 mod dirs;
 mod error;

@@ -35,7 +35,7 @@ pub(crate) struct Totals {
 }
 
 impl Totals {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let fields = [
             self.entries,
             self.bytes,
@@ -49,7 +49,7 @@ impl Totals {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
         let (body, crc) = bytes.split_last_chunk::<4>()?;
         if body.len() != 48 || crc32fast::hash(body) != u32::from_le_bytes(*crc) {
             return None;

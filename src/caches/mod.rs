@@ -18,9 +18,9 @@
 //! ```
 
 mod blobs;
-mod index;
+pub(crate) mod index;
 mod keys;
-mod record;
+pub(crate) mod record;
 mod recovery;
 mod store;
 

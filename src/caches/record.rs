@@ -108,6 +108,13 @@ impl<'a> Record<'a> {
             ));
         }
         let flags = header[1];
+        // Only what `encode` writes is a record: unknown flags or reserved bits set mean
+        // another format (or damage that kept its CRC), not something to guess at.
+        if flags & !(FLAG_BLOB | FLAG_KEY) != 0 || header[2..4] != [0, 0] {
+            return Err(format!(
+                "record flags {flags:#x} or reserved bytes are not format 1"
+            ));
+        }
         let u32_at = |at: usize| {
             u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
         };
@@ -130,6 +137,9 @@ impl<'a> Record<'a> {
         let rest = &bytes[HEADER_LEN..];
         if rest.len() < key_len {
             return Err("stored key runs past the record".into());
+        }
+        if flags & FLAG_KEY == 0 && key_len != 0 {
+            return Err("stored key without its flag".into());
         }
         let (key, rest) = rest.split_at(key_len);
         let stored_key = (flags & FLAG_KEY != 0).then_some(key);
@@ -242,6 +252,33 @@ mod tests {
                 "truncated to {len}"
             );
         }
+    }
+
+    /// Regression: records with unknown flags, reserved bytes or a stored key without its
+    /// flag were accepted (with a matching CRC), and did not encode back to their bytes.
+    #[test]
+    fn only_canonical_records_are_accepted() {
+        let good = sample(Body::Inline(b"abc"), None);
+        let with_crc = |mut bytes: Vec<u8>| {
+            let crc = checksum(b"\0key", &bytes);
+            bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        for (at, byte) in [(1, 0x80u8), (2, 1), (3, 1)] {
+            let mut bad = good.clone();
+            bad[at] |= byte;
+            assert!(
+                Record::decode(b"\0key", &with_crc(bad)).is_err(),
+                "byte {at}"
+            );
+        }
+        // A key length with no key flag: the key bytes would be skipped silently.
+        let mut bad = good.clone();
+        bad[32] = 1;
+        bad[36] = 2;
+        assert!(Record::decode(b"\0key", &with_crc(bad)).is_err());
+        let rec = Record::decode(b"\0key", &good).unwrap();
+        assert_eq!(rec.encode(b"\0key"), good);
     }
 
     #[test]

@@ -27,7 +27,8 @@ impl Paths<'_> {
     /// while unsynced writes were pending, and resets the cache if it cannot be trusted.
     pub(crate) fn recover(&self) -> Result<()> {
         let marker = self.dir.join(MARKER);
-        match fs::read_to_string(&marker) {
+        // Read as bytes: a marker that is not even UTF-8 is garbage too (reset), not an error.
+        match fs::read(&marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
             Ok(text) if text == MARKER_TEXT => {}
             Ok(text) if text.starts_with("dbx-concurio cache format ") => {
                 return Err(Error::Unsupported(format!(
@@ -104,7 +105,7 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 pub(crate) fn open_env(index_dir: &Path, durability: Durability) -> heed::Result<Env> {
     let mut options = EnvOpenOptions::new();
     options
-        .map_size(sys::INDEX_MAP_SIZE)
+        .map_size(map_size(index_dir)?)
         .max_readers(MAX_READERS)
         .max_dbs(4);
     // WRITE_MAP: writers update the shared map in place instead of write(2)-ing each dirty
@@ -122,6 +123,35 @@ pub(crate) fn open_env(index_dir: &Path, durability: Durability) -> heed::Result
     // SAFETY: the directory is ours and opened at most once per process (the registry above);
     // LMDB's own lock file coordinates with other processes.
     unsafe { options.open(index_dir) }
+}
+
+/// The map size for this process. With `WRITE_MAP`, LMDB sets the file's length to the map
+/// size at open, so: never less than the file's current length (shrinking it under another
+/// process's map would make that process's writes fault), and never more than this process's
+/// file size limit (`ulimit -f`: growing a file past it raises SIGXFSZ, fatal by default).
+fn map_size(index_dir: &Path) -> heed::Result<usize> {
+    const ALIGN: u64 = 64 << 10; // a multiple of every page size LMDB runs with
+    const MIN: u64 = 1 << 20;
+    let file_len = fs::metadata(index_dir.join("data.mdb")).map_or(0, |m| m.len());
+    let limit = sys::file_size_limit() / ALIGN * ALIGN;
+    let wanted = (sys::INDEX_MAP_SIZE as u64).min(limit);
+    if wanted < sys::INDEX_MAP_SIZE as u64 && file_len < sys::INDEX_MAP_SIZE as u64 {
+        if wanted.max(file_len) < MIN {
+            return Err(heed::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!(
+                    "the file size limit (ulimit -f) of {limit} bytes is too small for the index"
+                ),
+            )));
+        }
+        tracing::warn!(
+            "the file size limit (ulimit -f) caps the index of {} at {} bytes; a damaged index \
+             may crash readers",
+            index_dir.display(),
+            wanted.max(file_len)
+        );
+    }
+    Ok(wanted.max(file_len) as usize)
 }
 
 /// LMDB trusts its file: a damaged page reference past the end of `data.mdb` makes a read

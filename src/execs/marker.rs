@@ -20,7 +20,7 @@ const HEADER: &str = "dbx-concurio executable v1";
 
 /// What a completed install recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Marker {
+pub(crate) struct Marker {
     pub(super) identifier: String,
     pub(super) source: String,
     pub(super) sha256: String,
@@ -44,6 +44,12 @@ impl Marker {
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) if err.kind() == std::io::ErrorKind::NotADirectory => Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                // Not UTF-8: garbage like any other (one damaged marker must not make every
+                // listing and every install of its identifier fail).
+                tracing::warn!("ignoring unreadable install marker {}", path.display());
+                Ok(None)
+            }
             Err(err) => Err(crate::Error::io("read", path, err)),
         }
     }
@@ -72,7 +78,7 @@ impl Marker {
         sys::sync_dir(dir).at("sync", dir)
     }
 
-    fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let secs = self
             .installed_at
             .duration_since(UNIX_EPOCH)
@@ -88,7 +94,7 @@ impl Marker {
         )
     }
 
-    fn decode(text: &str) -> Option<Marker> {
+    pub(crate) fn decode(text: &str) -> Option<Marker> {
         let mut lines = text.lines();
         if lines.next()? != HEADER {
             return None;
@@ -113,7 +119,8 @@ impl Marker {
             sha256,
             file_name,
             size,
-            installed_at: UNIX_EPOCH + Duration::from_secs(secs),
+            // checked: `SystemTime + Duration` panics past the platform's range.
+            installed_at: UNIX_EPOCH.checked_add(Duration::from_secs(secs))?,
         })
     }
 }
@@ -158,6 +165,17 @@ mod tests {
             installed_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         };
         assert_eq!(Marker::decode(&marker.encode()), Some(marker));
+    }
+
+    /// Regression: `installed=` past what SystemTime can hold panicked (overflow when
+    /// adding a duration), in `installed()` and in every install of that identifier.
+    #[test]
+    fn an_install_time_out_of_range_is_garbage_not_a_panic() {
+        let text = format!(
+            "{HEADER}\nidentifier=a\nsource=b\nsha256=c\nfile=x\nsize=1\ninstalled={}\n",
+            u64::MAX
+        );
+        assert_eq!(Marker::decode(&text), None);
     }
 
     #[test]

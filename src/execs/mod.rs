@@ -26,6 +26,16 @@
 //!
 //! Executables live in `<root>/executables/<sha256(identifier)>/<file name>`, where `<root>`
 //! is [`default_root`](crate::default_root) unless [`Executable::cache_root`] says otherwise.
+//!
+//! # Trusting a download
+//!
+//! Installed files get executed, so: download over `https://` (the server is authenticated
+//! and the bytes cannot be changed in transit), and pin the expected SHA-256 with
+//! [`Executable::sha256`], taken from a source you trust (a release's published checksums,
+//! your own lockfile). A pinned hash is the only check that the bytes are the ones you
+//! meant: a mismatch installs nothing. Archive members cannot escape their directory
+//! (absolute paths, `..`, symlinks and hard links are refused), and installs under the
+//! default root refuse directories owned by another user, writable by others, or symlinked.
 
 mod archive;
 mod fetch;
@@ -34,7 +44,7 @@ mod gc;
 mod http;
 mod install;
 mod install_path;
-mod marker;
+pub(crate) mod marker;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

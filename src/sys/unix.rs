@@ -140,6 +140,24 @@ pub(crate) fn lock_unsupported(err: &io::Error) -> bool {
         )
 }
 
+/// The largest file this process may write (`RLIMIT_FSIZE`, as `ulimit -f` sets it). Writing
+/// or extending a file past it fails with EFBIG and raises SIGXFSZ, which kills by default.
+pub(crate) fn file_size_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return u64::MAX;
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    let bytes = limit.rlim_cur as u64;
+    bytes
+}
+
 /// Default LMDB map size: the address space reserved for the index, not disk used. Values
 /// above the inline limit live in their own files, so the index holds keys and small values.
 pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {

@@ -51,6 +51,10 @@ pub(crate) fn lock_unsupported(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::Unsupported
 }
 
+pub(crate) fn file_size_limit() -> u64 {
+    u64::MAX
+}
+
 pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
     32 << 30
 } else {

@@ -20,6 +20,10 @@ pub struct Reply {
     pub stall_after: Option<usize>,
     /// Wait this long before sending the body (lets concurrent clients pile up).
     pub delay: Duration,
+    /// Send the body in pieces of this many bytes (0: at once), pausing `pause` after each:
+    /// a slow download, so a client can be killed in the middle of it.
+    pub chunk: usize,
+    pub pause: Duration,
 }
 
 impl Reply {
@@ -184,8 +188,21 @@ fn serve(
         .stall_after
         .unwrap_or(reply.body.len())
         .min(reply.body.len());
-    let _ = stream.write_all(&reply.body[..sent]);
-    let _ = stream.flush();
+    let piece_len = if reply.chunk == 0 {
+        sent.max(1)
+    } else {
+        reply.chunk
+    };
+    for piece in reply.body[..sent].chunks(piece_len) {
+        if stream
+            .write_all(piece)
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
+            return;
+        }
+        std::thread::sleep(reply.pause);
+    }
     if reply.stall_after.is_some() {
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
