@@ -30,6 +30,7 @@ fn main() -> Res<()> {
         ["gol-child", dir] => gol_child(Path::new(dir)),
         ["core-child", dir, seed] => core_child(Path::new(dir), seed.parse()?),
         ["extras"] => extras(),
+        ["core", procs] => core(procs.parse()?),
         [] => {
             headline()?;
             for procs in [1, 2, 4, 8] {
@@ -37,7 +38,7 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
-        _ => Err("usage: compare [extras]".into()),
+        _ => Err("usage: compare [extras | core PROCESSES]".into()),
     }
 }
 

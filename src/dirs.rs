@@ -19,6 +19,10 @@ use crate::sys;
 /// Environment variable that replaces the temp dir as the base of every default location.
 pub const CACHE_DIR_ENV: &str = "DBX_CONCURIO_CACHE_DIR";
 
+/// Prefix of the temp file `prepare` writes to test a directory; one left by a killed
+/// process is debris that cleanups remove.
+pub(crate) const WRITE_PROBE_PREFIX: &str = ".write-probe";
+
 /// The module name used for the default location.
 pub(crate) const MODULE_DIR: &str = "dbx_concurio";
 
@@ -90,7 +94,7 @@ pub(crate) fn prepare(dir: &Path) -> Result<()> {
     walk_private(dir, true)?;
     // A probe file: the only reliable "can write here" test (read-only mounts, ACLs, quotas).
     tempfile::Builder::new()
-        .prefix(".write-probe")
+        .prefix(WRITE_PROBE_PREFIX)
         .tempfile_in(dir)
         .at("write in", dir)?;
     Ok(())

@@ -449,7 +449,7 @@ impl Store {
                 &(|name: &str| !referenced.contains(name)) as &dyn Fn(&str) -> bool,
             ),
             (&self.dir, &|name: &str| {
-                name.starts_with(".tmp") || name.starts_with(".write-probe")
+                name.starts_with(".tmp") || name.starts_with(crate::dirs::WRITE_PROBE_PREFIX)
             }),
             (&self.lock_dir, &|name: &str| !is_stripe_name(name)),
         ] {

@@ -181,11 +181,9 @@ fn clean_staging(id_dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(STAGING_PREFIX)
-        {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(STAGING_PREFIX) || name.starts_with(dirs::WRITE_PROBE_PREFIX) {
             tracing::debug!("removing staging debris {}", entry.path().display());
             let _ = std::fs::remove_file(entry.path());
         }
