@@ -37,13 +37,7 @@ impl FileLock {
     /// Takes the lock on `path` (created if missing). Tries first; if another holder has it,
     /// says so at debug level and then blocks, up to `timeout` if one is given.
     pub(crate) fn acquire(path: &Path, mode: LockMode, timeout: Option<Duration>) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .at("open lock file", path)?;
+        let file = open_lock_file(path)?;
         match try_lock(&file, mode) {
             Ok(()) => return Ok(FileLock { file: Some(file) }),
             Err(TryLockError::WouldBlock) => {}
@@ -68,13 +62,7 @@ impl FileLock {
 
     /// Takes the lock only if it is free right now.
     pub(crate) fn try_acquire(path: &Path, mode: LockMode) -> Result<Option<Self>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .at("open lock file", path)?;
+        let file = open_lock_file(path)?;
         match try_lock(&file, mode) {
             Ok(()) => Ok(Some(FileLock { file: Some(file) })),
             Err(TryLockError::WouldBlock) => Ok(None),
@@ -111,6 +99,17 @@ impl Drop for FileLock {
             let _ = file.unlock();
         }
     }
+}
+
+/// Opens (creating if needed) a lock file; never truncates it, never deletes it.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at("open lock file", path)
 }
 
 fn try_lock(file: &File, mode: LockMode) -> std::result::Result<(), TryLockError> {

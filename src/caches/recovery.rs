@@ -102,10 +102,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn open_env(index_dir: &Path, durability: Durability) -> heed::Result<Env> {
+pub(crate) fn open_env(
+    index_dir: &Path,
+    durability: Durability,
+    map_size: usize,
+) -> heed::Result<Env> {
     let mut options = EnvOpenOptions::new();
     options
-        .map_size(map_size(index_dir)?)
+        .map_size(map_size)
         .max_readers(MAX_READERS)
         .max_dbs(4);
     // WRITE_MAP: writers update the shared map in place instead of write(2)-ing each dirty
@@ -129,7 +133,7 @@ pub(crate) fn open_env(index_dir: &Path, durability: Durability) -> heed::Result
 /// size at open, so: never less than the file's current length (shrinking it under another
 /// process's map would make that process's writes fault), and never more than this process's
 /// file size limit (`ulimit -f`: growing a file past it raises SIGXFSZ, fatal by default).
-fn map_size(index_dir: &Path) -> heed::Result<usize> {
+pub(crate) fn map_size(index_dir: &Path) -> heed::Result<usize> {
     const ALIGN: u64 = 64 << 10; // a multiple of every page size LMDB runs with
     const MIN: u64 = 1 << 20;
     let file_len = fs::metadata(index_dir.join("data.mdb")).map_or(0, |m| m.len());
@@ -156,17 +160,16 @@ fn map_size(index_dir: &Path) -> heed::Result<usize> {
 
 /// LMDB trusts its file: a damaged page reference past the end of `data.mdb` makes a read
 /// of the memory map fault (SIGBUS), which no error handling can catch. With `WRITE_MAP`,
-/// LMDB itself grows the file (sparsely) to the map size, so stray references within the map
-/// read zeros, which LMDB reports as corruption and our checksums reject. What remains is a
-/// meta page that claims more pages than the file had: LMDB would then map (and grow the
-/// file to) that size. So the first opener compares the newest meta page with the file's
-/// length from before the open. Returns why the index cannot be trusted, if it cannot.
-pub(crate) fn damaged_meta(env: &Env, len_before_open: Option<u64>) -> Option<String> {
-    let len = len_before_open?;
+/// LMDB sets the file's length to the map size, so stray references within the map read
+/// zeros, which LMDB reports as corruption and our checksums reject. What remains is a meta
+/// page that claims more pages than the map we asked for: LMDB would then map (and grow the
+/// file to) that size. So the first opener compares the newest meta page with `map_size`.
+/// Returns why the index cannot be trusted, if it cannot.
+pub(crate) fn damaged_meta(env: &Env, map_size: usize) -> Option<String> {
     let claimed =
         (env.info().last_page_number as u64 + 1).saturating_mul(u64::from(env.stat().page_size));
-    (claimed > len.max(sys::INDEX_MAP_SIZE as u64))
-        .then(|| format!("its meta page claims {claimed} bytes but the file had {len}"))
+    (claimed > map_size as u64)
+        .then(|| format!("its meta page claims {claimed} bytes, more than the {map_size}-byte map"))
 }
 
 pub(crate) fn is_corruption(err: &heed::Error) -> bool {

@@ -25,7 +25,7 @@ use super::blobs::read_blob;
 use super::index::{Garbage, Index, Totals};
 use super::keys::{IndexKey, user_key};
 use super::record::{Body, Meta, Record};
-use super::recovery::{Paths, damaged_meta, is_corruption, open_env};
+use super::recovery::{Paths, damaged_meta, is_corruption, map_size, open_env};
 use crate::error::{Error, IoContext, Result};
 use crate::lock::{FileLock, KeyLocks, LockMode};
 use crate::sys;
@@ -155,22 +155,18 @@ impl Store {
         if first {
             paths.recover()?;
         }
-        let data_file = index_dir.join("data.mdb");
-        let len_before_open = fs::metadata(&data_file).ok().map(|m| m.len());
-        let mut env = match open_env(&index_dir, durability) {
-            Ok(env) => env,
-            Err(err) if first && is_corruption(&err) => {
-                paths.reset(&format!("the index cannot be opened ({err})"))?;
-                open_env(&index_dir, durability).map_err(|e| storage_error(&index_dir, e))?
-            }
-            Err(err) => return Err(storage_error(&index_dir, err)),
+        let corrupt = |detail: String| Error::Corrupt {
+            path: index_dir.clone(),
+            detail,
         };
-        if first && let Some(why) = damaged_meta(&env, len_before_open) {
-            drop(env);
-            paths.reset(&why)?;
-            env = open_env(&index_dir, durability).map_err(|e| storage_error(&index_dir, e))?;
-        }
-        let index = Index::open(&env).map_err(|e| storage_error(&index_dir, e))?;
+        let (env, index) = match open_index(&index_dir, durability, first)? {
+            Ok(opened) => opened,
+            Err(why) if first => {
+                paths.reset(&why)?;
+                open_index(&index_dir, durability, true)?.map_err(corrupt)?
+            }
+            Err(why) => return Err(corrupt(why)),
+        };
         if durability == Durability::Fast {
             paths.mark_dirty()?;
         }
@@ -562,6 +558,31 @@ impl Drop for Store {
                 tracing::debug!("cannot record a clean close: {err}");
             }
         }
+    }
+}
+
+/// Opens the environment and the index databases; `Ok(Err(why))` if the index is damaged
+/// (the first opener then resets it). `check_meta` is for the first opener, alone.
+fn open_index(
+    index_dir: &Path,
+    durability: Durability,
+    check_meta: bool,
+) -> Result<std::result::Result<(Env, Index), String>> {
+    let map = map_size(index_dir).map_err(|e| storage_error(index_dir, e))?;
+    let env = match open_env(index_dir, durability, map) {
+        Ok(env) => env,
+        Err(err) if is_corruption(&err) => {
+            return Ok(Err(format!("the index cannot be opened ({err})")));
+        }
+        Err(err) => return Err(storage_error(index_dir, err)),
+    };
+    if check_meta && let Some(why) = damaged_meta(&env, map) {
+        return Ok(Err(why));
+    }
+    match Index::open(&env) {
+        Ok(index) => Ok(Ok((env, index))),
+        Err(err) if is_corruption(&err) => Ok(Err(format!("the index cannot be read ({err})"))),
+        Err(err) => Err(storage_error(index_dir, err)),
     }
 }
 
