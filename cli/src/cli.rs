@@ -42,6 +42,17 @@ pub enum Command {
     /// Run an installed executable by its identifier.
     #[command(after_help = EXEC_EXAMPLES)]
     Exec(ExecArgs),
+    /// List installed executables: identifier, age, size, path (--json for scripts).
+    #[command(
+        after_help = "Examples:\n  concurio installed\n  concurio installed --json | jq -r '.[].path'"
+    )]
+    Installed {
+        #[arg(long, value_name = "DIR", help = ROOT_HELP)]
+        root: Option<PathBuf>,
+        /// Machine-readable JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and maintain a disk cache.
     #[command(subcommand, after_help = CACHE_EXAMPLES)]
     Cache(CacheCommand),

@@ -1,4 +1,4 @@
-//! `concurio install` and `concurio exec`, over `dbx_concurio::execs`; and the executables
+//! `concurio install`, `concurio exec` and `concurio installed`, over `dbx_concurio::execs`; and the executables
 //! part of `concurio cache prune`.
 
 use std::io::Write;
@@ -67,6 +67,42 @@ pub fn exec(args: ExecArgs) -> Outcome {
         let (code, signal) = crate::capture::split_status(status);
         Ok(crate::capture::status_code(code, signal))
     }
+}
+
+/// Prints the installed executables, newest first.
+pub fn list(root: Option<&Path>, json: bool) -> Outcome {
+    let mut all = execs::installed(root)?;
+    all.sort_by_key(|i| std::cmp::Reverse(i.installed_at));
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        let rows: Vec<serde_json::Value> = all
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "identifier": i.identifier,
+                    "source": i.source,
+                    "sha256": i.sha256,
+                    "path": i.path,
+                    "size": i.size,
+                    "age_seconds": i.installed_at.elapsed().unwrap_or_default().as_secs(),
+                })
+            })
+            .collect();
+        writeln!(stdout, "{}", serde_json::Value::Array(rows))?;
+        return Ok(0);
+    }
+    writeln!(stdout, "{:>10}  {:>10}  IDENTIFIER  PATH", "AGE", "BYTES")?;
+    for i in &all {
+        let age = crate::duration::human(i.installed_at.elapsed().unwrap_or_default());
+        let id = i.identifier.escape_debug();
+        writeln!(
+            stdout,
+            "{age:>10}  {:>10}  {id}  {}",
+            i.size,
+            i.path.display()
+        )?;
+    }
+    Ok(0)
 }
 
 fn find(id: &str, root: Option<&Path>) -> Result<Installed, Failure> {

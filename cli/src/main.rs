@@ -69,6 +69,7 @@ fn try_main(cli: Cli) -> Outcome {
         Command::Run(args) => run::run(args),
         Command::Install(args) => install::install(args),
         Command::Exec(args) => install::exec(args),
+        Command::Installed { root, json } => install::list(root.as_deref(), json),
         Command::Cache(command) => cache_cmd::cache(command),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -75,6 +75,14 @@ fn install_prints_only_a_runnable_path_and_exec_runs_it() {
         Some(5),
         "exec passes the tool's status"
     );
+
+    let listed = sb.json(&["installed", "--json"]);
+    let rows = listed.as_array().expect("array");
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["identifier"], "tool-1");
+    assert_eq!(rows[0]["path"], path.to_str().unwrap());
+    assert_eq!(rows[0]["sha256"], sha.as_str());
+    assert!(sb.ok(&["installed"]).contains("tool-1"));
 }
 
 #[test]
