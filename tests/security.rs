@@ -26,6 +26,10 @@ fn child_main() {
                 .install()
                 .map(|p| p.display().to_string())
         }
+        "list" => execs::installed(None).map(|all| {
+            let ids: Vec<String> = all.into_iter().map(|i| i.identifier).collect();
+            ids.join(",")
+        }),
         other => panic!("unknown role {other}"),
     };
     match result {
@@ -174,6 +178,8 @@ fn execs_never_run_a_planted_install() {
         for dir in [base.path().join("dbx_concurio"), executables.clone()] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
+        let good = [("SOURCE", source.as_path()), ("ID", Path::new("good-v1"))];
+        assert!(run(base.path(), "exec", &good).is_ok());
         let attacker = tempfile::tempdir().unwrap();
         let id_dir = executables.join(&hash);
         if plant(&id_dir, attack, attacker.path()).is_none() {
@@ -199,6 +205,12 @@ fn execs_never_run_a_planted_install() {
             std::fs::read(id_dir.join("tool")).unwrap(),
             evil,
             "nothing installed into it"
+        );
+        // The listing skips the planted directory, and does not let it hide the others.
+        assert_eq!(
+            run(base.path(), "list", &[]),
+            Ok("good-v1".to_owned()),
+            "{attack:?}"
         );
     }
 }

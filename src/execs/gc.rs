@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::install::{executables_dir, find_installed, lock_path};
 use super::marker::{MARKER, Marker};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::lock::FileLock;
 use crate::lock::LockMode;
 
@@ -47,8 +47,13 @@ pub fn installed(cache_root: Option<&Path>) -> Result<Vec<Installed>> {
     let executables = executables_dir(cache_root)?;
     let mut out = Vec::new();
     for (_, id_dir) in identifier_dirs(&executables)? {
-        if let Some((marker, path)) = find_installed(&id_dir)? {
-            out.push(Installed::new(marker, path));
+        match find_installed(&id_dir) {
+            Ok(Some((marker, path))) => out.push(Installed::new(marker, path)),
+            Ok(None) => {}
+            // Never listed (so never run), but one planted directory must not hide the rest;
+            // installing that identifier still fails with this error.
+            Err(err @ Error::UnsafeDirectory { .. }) => tracing::warn!("skipping: {err}"),
+            Err(err) => return Err(err),
         }
     }
     out.sort_by(|a, b| a.identifier.cmp(&b.identifier));
