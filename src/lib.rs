@@ -18,6 +18,7 @@
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
+mod atomic;
 pub mod caches;
 mod dirs;
 mod error;

@@ -2,17 +2,19 @@
 //! reboot, damaged meta page) and the reset of a cache that cannot be trusted.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use heed::{Env, EnvFlags, EnvOpenOptions, MdbError};
 
 use super::record::FORMAT_VERSION;
 use super::store::{Durability, MAX_READERS};
+use crate::atomic::write_atomically;
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
 
 const MARKER: &str = ".dbx-concurio";
+/// Prefix of the temp files of atomic writes in a cache directory (`check` removes old ones).
+pub(crate) const TEMP_PREFIX: &str = ".tmp";
 const MARKER_TEXT: &str = "dbx-concurio cache format 1\n";
 
 /// The paths the open/recovery protocol works on.
@@ -39,7 +41,7 @@ impl Paths<'_> {
             }
             Ok(_) => self.reset("its marker file is damaged")?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                write_atomically(&marker, MARKER_TEXT.as_bytes())?;
+                write_atomically(&marker, MARKER_TEXT.as_bytes(), TEMP_PREFIX)?;
             }
             Err(err) => return Err(Error::io("read", marker, err)),
         }
@@ -64,7 +66,7 @@ impl Paths<'_> {
             }
             sys::create_private_dir_all(sub).at("create directory", sub)?;
         }
-        write_atomically(&self.dir.join(MARKER), MARKER_TEXT.as_bytes())?;
+        write_atomically(&self.dir.join(MARKER), MARKER_TEXT.as_bytes(), TEMP_PREFIX)?;
         self.write_state("clean")
     }
 
@@ -87,19 +89,9 @@ impl Paths<'_> {
         write_atomically(
             &self.dir.join(".state"),
             format!("{boot} {state}\n").as_bytes(),
+            TEMP_PREFIX,
         )
     }
-}
-
-/// Writes a small file by temp file + fsync + rename, so readers see the old or the new text.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).at("create temp file in", dir)?;
-    file.write_all(bytes).at("write", file.path())?;
-    file.as_file().sync_all().at("sync", file.path())?;
-    file.persist(path)
-        .map_err(|e| Error::io("rename into", path, e.error))?;
-    Ok(())
 }
 
 pub(crate) fn open_env(

@@ -25,7 +25,7 @@ use super::blobs::read_blob;
 use super::index::{Garbage, Index, Totals};
 use super::keys::{IndexKey, user_key};
 use super::record::{Body, Meta, Record};
-use super::recovery::{Paths, damaged_meta, is_corruption, map_size, open_env};
+use super::recovery::{Paths, TEMP_PREFIX, damaged_meta, is_corruption, map_size, open_env};
 use crate::error::{Error, IoContext, Result};
 use crate::lock::{FileLock, KeyLocks, LockMode};
 use crate::sys;
@@ -445,7 +445,7 @@ impl Store {
                 &(|name: &str| !referenced.contains(name)) as &dyn Fn(&str) -> bool,
             ),
             (&self.dir, &|name: &str| {
-                name.starts_with(".tmp") || name.starts_with(crate::dirs::WRITE_PROBE_PREFIX)
+                name.starts_with(TEMP_PREFIX) || name.starts_with(crate::dirs::WRITE_PROBE_PREFIX)
             }),
             (&self.lock_dir, &|name: &str| !is_stripe_name(name)),
         ] {

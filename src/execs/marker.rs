@@ -3,11 +3,11 @@
 //! Its presence (with the file it names) is what "installed" means, so the check needs no
 //! lock. It is a few `key=value` lines: readable by people and by [`super::gc`].
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::error::{IoContext, Result};
+use crate::atomic::write_atomically;
+use crate::error::Result;
 use crate::sys;
 
 /// The marker's file name in the identifier's directory.
@@ -64,18 +64,8 @@ impl Marker {
 
     /// Writes the marker atomically: temporary file, fsync, rename, fsync of the directory.
     pub(super) fn write(&self, dir: &Path) -> Result<()> {
-        let mut temp = tempfile::Builder::new()
-            .prefix(STAGING_PREFIX)
-            .tempfile_in(dir)
-            .at("create marker in", dir)?;
-        temp.write_all(self.encode().as_bytes())
-            .and_then(|()| temp.as_file().sync_all())
-            .at("write", temp.path())?;
-        let target = dir.join(MARKER);
-        temp.persist(&target)
-            .map_err(|e| e.error)
-            .at("rename marker to", &target)?;
-        sys::sync_dir(dir).at("sync", dir)
+        // Staging prefix: a killed writer's temp file is removed with the other staging debris.
+        write_atomically(&dir.join(MARKER), self.encode().as_bytes(), STAGING_PREFIX)
     }
 
     pub(crate) fn encode(&self) -> String {
