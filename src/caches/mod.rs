@@ -291,10 +291,13 @@ impl DiskCache {
     ) -> Result<bool> {
         let payload = encode(key, value)?;
         let now = now_ns();
-        self.store
-            .put_if(key, now, expiry_ns(now, expire), &payload, |current| {
-                current.is_none_or(|meta| meta.expired(now))
-            })
+        self.store.put_if(
+            key,
+            now,
+            expiry_ns(now, expire),
+            &payload,
+            Some(|current: Option<&Meta>| current.is_none_or(|meta| meta.expired(now))),
+        )
     }
 
     /// Returns the value of `key` if it is younger than `expire` (and not expired); else runs

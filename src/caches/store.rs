@@ -285,19 +285,26 @@ impl Store {
         expire_ns: u64,
         payload: &[u8],
     ) -> Result<()> {
-        self.put_if(key, load_ns, expire_ns, payload, |_| true)
-            .map(drop)
+        self.put_if(
+            key,
+            load_ns,
+            expire_ns,
+            payload,
+            None::<fn(Option<&Meta>) -> bool>,
+        )
+        .map(drop)
     }
 
-    /// Like `put`, but only if `replace` accepts the current entry's metadata (`None`: no
-    /// entry), decided inside the write transaction; returns whether it stored.
+    /// Like `put`, but if `replace` is given, only if it accepts the current entry's metadata
+    /// (`None`: no entry), decided inside the write transaction; returns whether it stored.
+    /// Without `replace` the current record is not looked up here (`insert` reads it anyway).
     pub(crate) fn put_if(
         &self,
         key: &str,
         load_ns: u64,
         expire_ns: u64,
         payload: &[u8],
-        replace: impl FnOnce(Option<&Meta>) -> bool,
+        replace: Option<impl FnOnce(Option<&Meta>) -> bool>,
     ) -> Result<bool> {
         let ikey = IndexKey::new(key);
         let blob = if payload.len() > INLINE_MAX {
@@ -323,11 +330,13 @@ impl Store {
         .encode(ikey.as_bytes());
         let ikey = ikey.as_bytes();
         let result = self.write(|index, txn, totals, garbage| {
-            let current = index
-                .get(txn, ikey)?
-                .and_then(|v| Record::decode(ikey, v).ok());
-            if !replace(current.map(|r| r.meta).as_ref()) {
-                return Ok(false);
+            if let Some(replace) = replace {
+                let current = index
+                    .get(txn, ikey)?
+                    .and_then(|v| Record::decode(ikey, v).ok());
+                if !replace(current.map(|r| r.meta).as_ref()) {
+                    return Ok(false);
+                }
             }
             index.insert(txn, totals, garbage, ikey, &record, &meta)?;
             index.maintain(txn, totals, garbage, load_ns, ikey)?;
