@@ -39,6 +39,22 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// A loader asked `get_or_load` for the key it is loading itself: waiting would never
+    /// end, so the inner call fails at once.
+    #[error("recursive load: the loader of key {key:?} asked for {key:?} itself")]
+    Recursive {
+        /// The key.
+        key: String,
+    },
+
+    /// The cache's directory was deleted (or replaced) while this handle had it open:
+    /// writes through it would be seen by nobody. Open a new handle.
+    #[error("cache directory {} was removed while open; open the cache again", path.display())]
+    Removed {
+        /// The directory.
+        path: PathBuf,
+    },
+
     /// The storage engine (LMDB) reported an error.
     #[error("cache index {}: {source}", path.display())]
     Storage {

@@ -6,11 +6,9 @@
 //! opened it). On file systems that cannot lock at all we warn once and go on unlocked:
 //! locks only save duplicate work, atomic renames keep the data correct.
 
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
@@ -37,7 +35,7 @@ impl FileLock {
     /// Takes the lock on `path` (created if missing). Tries first; if another holder has it,
     /// says so at debug level and then blocks, up to `timeout` if one is given.
     pub(crate) fn acquire(path: &Path, mode: LockMode, timeout: Option<Duration>) -> Result<Self> {
-        let file = open_lock_file(path)?;
+        let file = open_shared_file(path)?;
         match try_lock(&file, mode) {
             Ok(()) => return Ok(FileLock { file: Some(file) }),
             Err(TryLockError::WouldBlock) => {}
@@ -62,7 +60,7 @@ impl FileLock {
 
     /// Takes the lock only if it is free right now.
     pub(crate) fn try_acquire(path: &Path, mode: LockMode) -> Result<Option<Self>> {
-        let file = open_lock_file(path)?;
+        let file = open_shared_file(path)?;
         match try_lock(&file, mode) {
             Ok(()) => Ok(Some(FileLock { file: Some(file) })),
             Err(TryLockError::WouldBlock) => Ok(None),
@@ -81,15 +79,6 @@ impl FileLock {
             None => Ok(()),
         }
     }
-
-    /// Tries to turn the lock into `mode` without waiting. Note that a failed flock
-    /// conversion may leave the lock released: only call this right before dropping it.
-    pub(crate) fn try_convert(&self, mode: LockMode) -> bool {
-        match &self.file {
-            Some(file) => try_lock(file, mode).is_ok(),
-            None => false,
-        }
-    }
 }
 
 impl Drop for FileLock {
@@ -101,15 +90,16 @@ impl Drop for FileLock {
     }
 }
 
-/// Opens (creating if needed) a lock file; never truncates it, never deletes it.
-fn open_lock_file(path: &Path) -> Result<File> {
+/// Opens a file shared by processes for reading and writing in place (lock files, the
+/// cache's state and counters), creating it if needed; never truncates it.
+pub(crate) fn open_shared_file(path: &Path) -> Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .at("open lock file", path)
+        .at("open", path)
 }
 
 fn try_lock(file: &File, mode: LockMode) -> std::result::Result<(), TryLockError> {
@@ -152,76 +142,4 @@ fn unlocked_or_error(path: &Path, err: std::io::Error) -> Result<FileLock> {
         );
     }
     Ok(FileLock { file: None })
-}
-
-/// Per-key locks between the threads of one process.
-///
-/// A set of keys being loaded plus a condition variable: simpler than a map of mutexes, and it
-/// holds nothing for keys nobody is loading. Panics cannot poison it: the set is only touched
-/// in short sections that do not panic, and guards remove their key in `Drop`.
-#[derive(Debug, Default)]
-pub(crate) struct KeyLocks {
-    busy: Mutex<HashSet<String>>,
-    freed: Condvar,
-}
-
-/// A held per-key thread lock.
-#[must_use = "the key is unlocked as soon as the guard is dropped"]
-#[derive(Debug)]
-pub(crate) struct KeyGuard<'a> {
-    locks: &'a KeyLocks,
-    key: String,
-}
-
-impl KeyLocks {
-    /// Waits until no other thread of this process holds `key`, then holds it. `lock_path`
-    /// only names the lock in a [`Error::Busy`].
-    pub(crate) fn lock(
-        &self,
-        key: &str,
-        timeout: Option<Duration>,
-        lock_path: &Path,
-    ) -> Result<KeyGuard<'_>> {
-        let start = Instant::now();
-        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
-        while busy.contains(key) {
-            busy = match timeout {
-                None => self
-                    .freed
-                    .wait(busy)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(timeout) => {
-                    let waited = start.elapsed();
-                    if waited >= timeout {
-                        return Err(Error::Busy {
-                            path: PathBuf::from(lock_path),
-                            waited,
-                        });
-                    }
-                    self.freed
-                        .wait_timeout(busy, timeout - waited)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
-        }
-        busy.insert(key.to_owned());
-        Ok(KeyGuard {
-            locks: self,
-            key: key.to_owned(),
-        })
-    }
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        let mut busy = self
-            .locks
-            .busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        busy.remove(&self.key);
-        drop(busy);
-        self.locks.freed.notify_all();
-    }
 }

@@ -262,19 +262,30 @@ fn a_panicking_loader_releases_its_locks() {
         cache.get_or_load::<u32, std::io::Error, _>("k", || panic!("loader panicked"), None)
     }));
     assert!(result.is_err(), "the panic propagates");
-    // Same thread, then another thread: neither deadlocks nor sees poisoned state.
-    let v = cache
-        .get_or_load("k", || Ok::<_, std::io::Error>(1u32), None)
-        .unwrap();
-    assert_eq!(v.value, 1);
+    // The same key, from another thread: its loader runs (nothing was stored, no lock is
+    // left behind, nothing is poisoned)...
     let cache = Arc::new(cache);
     let c2 = cache.clone();
     let other = thread::spawn(move || {
-        c2.get_or_load("k2", || Ok::<_, std::io::Error>(2u32), None)
-            .unwrap()
-            .value
+        let mut ran = false;
+        let v = c2
+            .get_or_load(
+                "k",
+                || {
+                    ran = true;
+                    Ok::<_, std::io::Error>(1u32)
+                },
+                None,
+            )
+            .unwrap();
+        (v.value, ran)
     });
-    assert_eq!(other.join().unwrap(), 2);
+    assert_eq!(other.join().unwrap(), (1, true));
+    // ...and the panicking thread itself now reads that value.
+    let v = cache
+        .get_or_load("k", || Ok::<_, std::io::Error>(2u32), None)
+        .unwrap();
+    assert_eq!(v.value, 1);
 }
 
 #[test]
@@ -328,6 +339,7 @@ fn hostile_keys_round_trip_and_stay_inside_the_cache() {
             [
                 ".dbx-concurio",
                 ".state",
+                ".counters",
                 ".open.lock",
                 ".key-locks",
                 "index",
@@ -409,10 +421,6 @@ fn reading_the_wrong_type_is_an_error() {
         assert!(matches!(err, Error::Decode { .. }), "{err:?}");
     }
     assert_eq!(cache.get::<Point>("point").unwrap().unwrap().value.y, 2);
-    let err = cache
-        .get_or_load("vec", || Ok::<_, std::io::Error>("s".to_string()), None)
-        .unwrap_err();
-    assert!(matches!(err, Error::Decode { .. }), "{err:?}");
 }
 
 #[test]

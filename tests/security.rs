@@ -282,6 +282,7 @@ fn keys_identifiers_and_file_names_stay_inside_the_cache() {
                 ".key-locks",
                 ".dbx-concurio",
                 ".state",
+                ".counters",
                 ".open.lock"
             ]
             .contains(&top.as_str()),

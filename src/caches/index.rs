@@ -10,8 +10,9 @@
 //! ```
 
 use heed::types::Bytes;
-use heed::{Database, Env, RoTxn, RwTxn};
+use heed::{Database, RoTxn, RwTxn};
 
+use super::lmdb::LmdbEnv;
 use super::record::{Body, Meta, Record};
 
 /// Expired entries removed in passing by each write, at most (bounded work per write).
@@ -86,8 +87,9 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    /// Opens the databases, creating them on first use.
-    pub(crate) fn open(env: &Env) -> heed::Result<Self> {
+    /// Opens the databases, creating them on first use (then synced at once: a new index
+    /// is not covered by the dirty/clean state, see durability.rs).
+    pub(crate) fn open(env: &LmdbEnv) -> heed::Result<Self> {
         let rtxn = env.read_txn()?;
         let open = |name| env.open_database::<Bytes, Bytes>(&rtxn, Some(name));
         if let (Some(entries), Some(order), Some(expiry), Some(meta)) = (
@@ -114,6 +116,7 @@ impl Index {
             meta: env.create_database(&mut wtxn, Some("meta"))?,
         };
         wtxn.commit()?;
+        env.force_sync()?;
         Ok(index)
     }
 
@@ -131,6 +134,23 @@ impl Index {
             Some(totals) => Ok(totals),
             None => self.recount(txn, Totals::default()),
         }
+    }
+
+    /// How many entries have expired at `now` (expiry `<= now`). The expiry order is
+    /// sorted, so this reads only the expired ones.
+    pub(crate) fn count_expired(&self, txn: &RoTxn, now: u64) -> heed::Result<u64> {
+        let mut count = 0;
+        for item in self.expiry.iter(txn)? {
+            let (stamped, _) = item?;
+            let Some(stamp) = stamped.first_chunk::<8>() else {
+                continue;
+            };
+            if u64::from_be_bytes(*stamp) > now {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Recomputes `entries` and `bytes` from the entries themselves (keeps the counters).

@@ -18,8 +18,13 @@
 //! ```
 
 mod blobs;
+mod counters;
+mod durability;
 pub(crate) mod index;
+mod key_locks;
 mod keys;
+mod lmdb;
+mod open;
 pub(crate) mod record;
 mod recovery;
 mod store;
@@ -32,13 +37,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use store::{CheckReport, Durability};
+pub use open::Durability;
+pub use store::CheckReport;
 
 use crate::dirs::{self, Location};
 use crate::error::{BoxError, Error, Result};
-use crate::lock::{FileLock, LockMode};
+use open::Store;
 use record::Meta;
-use store::{Lookup, Store};
+use store::{Lookup, PutMode, Restamp};
 
 /// Which entries go first when a size-limited cache is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,6 +90,16 @@ pub struct DiskCacheValue<T> {
 }
 
 impl<T> DiskCacheValue<T> {
+    /// A value with its load time and expiry, e.g. one loaded elsewhere, to store with
+    /// [`DiskCache::set_value`].
+    pub fn new(value: T, load_timestamp: SystemTime, expires_at: Option<SystemTime>) -> Self {
+        DiskCacheValue {
+            value,
+            load_timestamp,
+            expires_at,
+        }
+    }
+
     /// Takes the value out.
     pub fn into_value(self) -> T {
         self.value
@@ -127,6 +143,8 @@ pub struct EntryInfo {
 #[derive(Clone)]
 pub struct DiskCache {
     store: Arc<Store>,
+    /// The directory as this handle opened it.
+    dir: Arc<Path>,
     lock_timeout: Option<Duration>,
     policy: EvictionPolicy,
 }
@@ -223,7 +241,8 @@ impl DiskCacheBuilder {
     /// Resolves the directory, creates it, and opens the cache.
     pub fn build(self) -> Result<DiskCache> {
         let dir = dirs::resolve_and_prepare(&self.location, self.name.as_deref(), self.fallback)?;
-        let store = store::open(&dir, self.durability)?;
+        let store = open::open(&dir, self.durability)?;
+        let dir: Arc<Path> = store.paths().dir.clone().into();
         if let Some(limit) = self.size_limit
             && store.totals()?.size_limit != limit
         {
@@ -231,6 +250,7 @@ impl DiskCacheBuilder {
         }
         Ok(DiskCache {
             store,
+            dir,
             lock_timeout: self.lock_timeout,
             policy: self.policy,
         })
@@ -250,7 +270,7 @@ impl DiskCache {
 
     /// The directory this cache lives in.
     pub fn directory(&self) -> &Path {
-        self.store.dir()
+        &self.dir
     }
 
     /// Reads `key`. `None` if it is missing or expired. Takes no lock.
@@ -278,7 +298,31 @@ impl DiskCache {
     ) -> Result<()> {
         let payload = encode(key, value)?;
         let now = now_ns();
-        self.store.put(key, now, expiry_ns(now, expire), &payload)
+        self.store
+            .put(
+                key,
+                new_meta(now, expire, &payload),
+                &payload,
+                PutMode::Replace,
+            )
+            .map(drop)
+    }
+
+    /// Stores a value with its own load time and expiry (one read from another cache, or
+    /// loaded on another machine), replacing any previous value. `get_or_load` judges its
+    /// age from that load time.
+    pub fn set_value<T: Serialize>(&self, key: &str, value: &DiskCacheValue<T>) -> Result<()> {
+        let payload = encode(key, &value.value)?;
+        let load_ns = to_ns(value.load_timestamp);
+        let meta = Meta {
+            load_ns,
+            expire_ns: value.expires_at.map_or(0, |at| to_ns(at).max(1)),
+            order_ns: now_ns(),
+            payload_len: payload.len() as u64,
+        };
+        self.store
+            .put(key, meta, &payload, PutMode::Replace)
+            .map(drop)
     }
 
     /// Stores `value` only if `key` holds no unexpired entry, atomically across processes;
@@ -291,12 +335,11 @@ impl DiskCache {
     ) -> Result<bool> {
         let payload = encode(key, value)?;
         let now = now_ns();
-        self.store.put_if(
+        self.store.put(
             key,
-            now,
-            expiry_ns(now, expire),
+            new_meta(now, expire, &payload),
             &payload,
-            Some(|current: Option<&Meta>| current.is_none_or(|meta| meta.expired(now))),
+            PutMode::IfAbsentOrExpired(now),
         )
     }
 
@@ -308,6 +351,15 @@ impl DiskCache {
     /// read without taking any lock. If the loader fails, nothing is stored and its error is
     /// returned inside [`Error::Loader`]; a waiting caller then runs its own loader. If it
     /// panics, the locks are released and the panic continues.
+    ///
+    /// Loaders may call `get_or_load` for other keys (memoized recursion, dependency chains):
+    /// the locks are exact per key, so distinct keys never wait for each other. A loader
+    /// that asks for its own key gets [`Error::Recursive`] at once.
+    ///
+    /// An entry that cannot be read as a `T` (stored by an older version of the type) or
+    /// fails its checksum is loaded again and overwritten. An entry whose load time lies
+    /// more than a second in the future (another machine's clock, a clock stepped back) is
+    /// stale.
     pub fn get_or_load<T, E, F>(
         &self,
         key: &str,
@@ -324,33 +376,21 @@ impl DiskCache {
         }
         // Miss: one thread of this process, then one process, per key. Guards drop in reverse
         // order, also when the loader panics.
-        let lock_path = self.store.key_lock_path(key);
-        let _thread = self
-            .store
-            .key_locks
-            .lock(key, self.lock_timeout, &lock_path)?;
-        let _process = FileLock::acquire(&lock_path, LockMode::Exclusive, self.lock_timeout)?;
+        let _lock = self.store.lock_key(key, self.lock_timeout)?;
         if let Some(hit) = self.fresh(key, expire)? {
             return Ok(hit); // another thread or process loaded it while we waited
         }
+        // Loading into a deleted directory would store where nobody can see it.
+        self.store.ensure_present()?;
         self.store.count(false);
         let value = loader().map_err(|e| Error::Loader {
             key: key.to_owned(),
             source: e.into(),
         })?;
         let payload = encode(key, &value)?;
-        let now = now_ns();
-        let expire_ns = expiry_ns(now, expire);
-        self.store.put(key, now, expire_ns, &payload)?;
-        Ok(to_value(
-            value,
-            Meta {
-                load_ns: now,
-                expire_ns,
-                order_ns: now,
-                payload_len: payload.len() as u64,
-            },
-        ))
+        let meta = new_meta(now_ns(), expire, &payload);
+        self.store.put(key, meta, &payload, PutMode::Replace)?;
+        Ok(to_value(value, meta))
     }
 
     /// Removes `key`; true if it was there.
@@ -371,11 +411,14 @@ impl DiskCache {
     /// Gives `key` a new expiry, counted from now (`None` = never); true if it was there.
     pub fn touch(&self, key: &str, expire: Option<Duration>) -> Result<bool> {
         let now = now_ns();
-        self.store.restamp(key, |meta| {
-            if !meta.expired(now) {
-                meta.expire_ns = expiry_ns(now, expire);
-            }
-        })
+        self.store.restamp(
+            key,
+            Restamp {
+                expire_ns: Some(expiry_ns(now, expire)),
+                now,
+                ..Restamp::default()
+            },
+        )
     }
 
     /// Counters shared by all processes: entries, bytes, hits, misses, evictions.
@@ -398,12 +441,14 @@ impl DiskCache {
         self.store.check()
     }
 
-    /// Number of entries that have not expired. Reads every record's header (no values).
+    /// Number of entries that have not expired: the stored count less the expired entries
+    /// not yet purged (read from the expiry order, so the cost is that of the expired ones).
     pub fn len(&self) -> Result<usize> {
-        Ok(self.entries()?.into_iter().filter(|e| !e.expired).count())
+        let live = self.store.live_entries(now_ns())?;
+        Ok(usize::try_from(live).unwrap_or(usize::MAX))
     }
 
-    /// True if there is no unexpired entry.
+    /// True if there is no unexpired entry (as cheap as [`len`](Self::len)).
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
@@ -459,13 +504,20 @@ impl DiskCache {
         let max_age = expire.map(|d| d.as_nanos());
         let valid = |meta: &Meta| {
             now.live(meta)
-                && max_age
-                    .is_none_or(|max| u128::from(now.get().saturating_sub(meta.load_ns)) < max)
+                && max_age.is_none_or(|max| {
+                    let now = now.get();
+                    // A load time in the future is another clock's: trust it only within
+                    // the tolerance, so a skewed entry is not served as fresh forever.
+                    meta.load_ns <= now.saturating_add(CLOCK_SKEW_NS)
+                        && u128::from(now.saturating_sub(meta.load_ns)) < max
+                })
         };
         match self.lookup(key, valid) {
             Ok(Lookup::Found(meta, value)) => Ok(Some(self.hit(key, value, meta, &now))),
             Ok(Lookup::Missing | Lookup::Rejected) => Ok(None),
-            Err(err @ Error::Corrupt { .. }) => {
+            // A damaged entry, or one stored under an older version of `T`: load it again
+            // and overwrite it (`get` reports both).
+            Err(err @ (Error::Corrupt { .. } | Error::Decode { .. })) => {
                 tracing::warn!("{err}; loading it again");
                 Ok(None)
             }
@@ -478,7 +530,13 @@ impl DiskCache {
         self.store.count(true);
         if self.policy == EvictionPolicy::LeastRecentlyUsed
             && now.get().saturating_sub(meta.order_ns) > LRU_GRANULARITY_NS
-            && let Err(err) = self.store.restamp(key, |m| m.order_ns = now.get())
+            && let Err(err) = self.store.restamp(
+                key,
+                Restamp {
+                    order_ns: Some(now.get()),
+                    ..Restamp::default()
+                },
+            )
         {
             tracing::debug!("cannot record the use of {key:?}: {err}");
         }
@@ -510,12 +568,67 @@ impl fmt::Debug for DiskCache {
 
 /// Under LRU, uses closer together than this are not recorded again.
 const LRU_GRANULARITY_NS: u64 = 1_000_000_000;
+/// How far in the future a load time may lie (clocks of other machines) and still count as
+/// fresh for `get_or_load`.
+const CLOCK_SKEW_NS: u64 = 1_000_000_000;
+/// The largest encoded value: MessagePack's lengths are 32-bit, and rmp-serde silently
+/// wraps longer ones (a 4 GiB + 16 byte value would read back as 16 bytes). No value whose
+/// encoding fits in this can hold a longer string, byte array or sequence.
+pub(crate) const MAX_ENCODED_LEN: u64 = u32::MAX as u64;
 
 fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(value).map_err(|e| Error::Encode {
-        key: key.to_owned(),
-        source: Box::new(e),
-    })
+    let mut out = BoundedVec::default();
+    match rmp_serde::encode::write_named(&mut out, value) {
+        Ok(()) => Ok(out.bytes),
+        Err(_) if out.overflowed => Err(Error::Encode {
+            key: key.to_owned(),
+            source: format!(
+                "the value's encoding exceeds {MAX_ENCODED_LEN} bytes (4 GiB - 1), the most a \
+                 MessagePack length can say"
+            )
+            .into(),
+        }),
+        Err(e) => Err(Error::Encode {
+            key: key.to_owned(),
+            source: Box::new(e),
+        }),
+    }
+}
+
+/// A `Vec` writer that fails once it would pass [`MAX_ENCODED_LEN`] (so a too-large
+/// value is refused after at most that many bytes, not after doubling its memory).
+#[derive(Default)]
+struct BoundedVec {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedVec {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.bytes.len() as u64).saturating_add(buf.len() as u64) > MAX_ENCODED_LEN {
+            self.overflowed = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "value too large",
+            ));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The metadata of a value stored now with `expire`.
+fn new_meta(now: u64, expire: Option<Duration>, payload: &[u8]) -> Meta {
+    Meta {
+        load_ns: now,
+        expire_ns: expiry_ns(now, expire),
+        order_ns: now,
+        payload_len: payload.len() as u64,
+    }
 }
 
 fn to_value<T>(value: T, meta: Meta) -> DiskCacheValue<T> {
@@ -547,8 +660,12 @@ impl LazyNow {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    to_ns(SystemTime::now())
+}
+
+/// Nanoseconds since the Unix epoch (0 before it, saturating far after it).
+fn to_ns(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 

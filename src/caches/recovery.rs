@@ -1,37 +1,62 @@
-//! Opening a cache safely: the LMDB options, the first opener's checks (marker, unclean
-//! reboot, damaged meta page) and the reset of a cache that cannot be trusted.
+//! Checking a cache before use, and resetting one that cannot be trusted.
+//!
+//! The reset is crash-atomic: it first writes the marker `resetting`, then deletes and
+//! recreates the index and value files, and writes the real marker last. Every opener
+//! (not only the first) checks the marker and the state, so a reset that was killed
+//! half-way is finished by the next opener before anybody writes to the half-reset cache,
+//! and nothing written after a reset can be wiped by a later one for the same cause.
 
 use std::fs;
-use std::path::Path;
+use std::path::PathBuf;
 
-use heed::{Env, EnvFlags, EnvOpenOptions, MdbError};
-
+use super::durability::{self, State};
 use super::record::FORMAT_VERSION;
-use super::store::{Durability, MAX_READERS};
 use crate::atomic::write_atomically;
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
 
 const MARKER: &str = ".dbx-concurio";
+const MARKER_TEXT: &str = "dbx-concurio cache format 1\n";
+const RESETTING_TEXT: &str = "dbx-concurio cache resetting\n";
 /// Prefix of the temp files of atomic writes in a cache directory (`check` removes old ones).
 pub(crate) const TEMP_PREFIX: &str = ".tmp";
-const MARKER_TEXT: &str = "dbx-concurio cache format 1\n";
 
-/// The paths the open/recovery protocol works on.
-pub(crate) struct Paths<'a> {
-    pub(crate) dir: &'a Path,
-    pub(crate) index_dir: &'a Path,
-    pub(crate) blob_dir: &'a Path,
+/// The paths of one cache directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    pub(crate) dir: PathBuf,
+    pub(crate) index_dir: PathBuf,
+    pub(crate) blob_dir: PathBuf,
+    pub(crate) lock_dir: PathBuf,
 }
 
-impl Paths<'_> {
-    /// Run by the first opener, alone: checks the marker and whether the machine restarted
-    /// while unsynced writes were pending, and resets the cache if it cannot be trusted.
-    pub(crate) fn recover(&self) -> Result<()> {
+impl Paths {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Paths {
+            index_dir: dir.join("index"),
+            blob_dir: dir.join("blobs"),
+            lock_dir: dir.join(".key-locks"),
+            dir,
+        }
+    }
+
+    pub(crate) fn create(&self) -> Result<()> {
+        for sub in [&self.index_dir, &self.blob_dir, &self.lock_dir] {
+            sys::create_private_dir_all(sub).at("create directory", sub)?;
+        }
+        Ok(())
+    }
+
+    /// Why the cache must be reset before anybody uses it, if it must. Cheap (two small
+    /// reads): every opener calls it.
+    pub(crate) fn reset_reason(&self) -> Result<Option<&'static str>> {
         let marker = self.dir.join(MARKER);
         // Read as bytes: a marker that is not even UTF-8 is garbage too (reset), not an error.
         match fs::read(&marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
             Ok(text) if text == MARKER_TEXT => {}
+            Ok(text) if text == RESETTING_TEXT => {
+                return Ok(Some("an earlier reset was interrupted"));
+            }
             Ok(text) if text.starts_with("dbx-concurio cache format ") => {
                 return Err(Error::Unsupported(format!(
                     "{} holds a cache of another format ({}); this build reads format {FORMAT_VERSION}",
@@ -39,26 +64,45 @@ impl Paths<'_> {
                     text.trim()
                 )));
             }
-            Ok(_) => self.reset("its marker file is damaged")?,
+            Ok(_) => return Ok(Some("its marker file is damaged")),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                write_atomically(&marker, MARKER_TEXT.as_bytes(), TEMP_PREFIX)?;
+                // A new cache has no index yet; an index without a marker is not ours to trust.
+                if self.index_dir.join("data.mdb").exists() {
+                    return Ok(Some("its marker file is missing"));
+                }
             }
             Err(err) => return Err(Error::io("read", marker, err)),
         }
-        let state = fs::read_to_string(self.dir.join(".state")).unwrap_or_default();
-        if let (Some((boot, "dirty")), Some(now)) = (state.trim().split_once(' '), sys::boot_id())
+        if let (State::Dirty { boot }, Some(now)) =
+            (durability::read_state(&self.dir), sys::boot_id())
             && boot != now
         {
-            self.reset("the machine restarted while unsynced writes were pending")?;
+            return Ok(Some(
+                "the machine restarted while unsynced writes were pending",
+            ));
+        }
+        Ok(None)
+    }
+
+    /// Run by an opener that holds the open lock exclusively (no process has the cache
+    /// open): resets the cache if it must, and writes the marker of a new cache.
+    pub(crate) fn recover(&self) -> Result<()> {
+        if let Some(why) = self.reset_reason()? {
+            return self.reset(why);
+        }
+        if !self.dir.join(MARKER).exists() {
+            self.write_marker(MARKER_TEXT)?;
         }
         Ok(())
     }
 
-    /// Deletes the index and the value files, and starts an empty cache. Only the first opener
-    /// calls this, while holding the open lock exclusively: no process has the index open.
+    /// Deletes the index and the value files and starts an empty cache, in an order that
+    /// a kill at any point leaves the marker saying `resetting` (see the module docs).
+    /// Only with the open lock held exclusively.
     pub(crate) fn reset(&self, why: &str) -> Result<()> {
         tracing::warn!("resetting cache {}: {why}", self.dir.display());
-        for sub in [self.index_dir, self.blob_dir] {
+        self.write_marker(RESETTING_TEXT)?;
+        for sub in [&self.index_dir, &self.blob_dir] {
             match fs::remove_dir_all(sub) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -66,113 +110,16 @@ impl Paths<'_> {
             }
             sys::create_private_dir_all(sub).at("create directory", sub)?;
         }
-        write_atomically(&self.dir.join(MARKER), MARKER_TEXT.as_bytes(), TEMP_PREFIX)?;
-        self.write_state("clean")
+        durability::write_clean_atomically(&self.dir, TEMP_PREFIX)?;
+        crate::sys::sync_dir(&self.dir).at("sync", &self.dir)?;
+        self.write_marker(MARKER_TEXT)
     }
 
-    /// Records that this boot may leave unsynced writes behind (skipped if already said).
-    pub(crate) fn mark_dirty(&self) -> Result<()> {
-        let Some(boot) = sys::boot_id() else {
-            return Ok(());
-        };
-        let state = fs::read_to_string(self.dir.join(".state")).unwrap_or_default();
-        if state.trim() == format!("{boot} dirty") {
-            return Ok(());
-        }
-        self.write_state("dirty")
+    fn write_marker(&self, text: &str) -> Result<()> {
+        write_atomically(&self.dir.join(MARKER), text.as_bytes(), TEMP_PREFIX)
     }
 
-    pub(crate) fn write_state(&self, state: &str) -> Result<()> {
-        let Some(boot) = sys::boot_id() else {
-            return Ok(());
-        };
-        write_atomically(
-            &self.dir.join(".state"),
-            format!("{boot} {state}\n").as_bytes(),
-            TEMP_PREFIX,
-        )
+    pub(crate) fn index_file(&self) -> PathBuf {
+        self.index_dir.join("data.mdb")
     }
-}
-
-pub(crate) fn open_env(
-    index_dir: &Path,
-    durability: Durability,
-    map_size: usize,
-) -> heed::Result<Env> {
-    let mut options = EnvOpenOptions::new();
-    options
-        .map_size(map_size)
-        .max_readers(MAX_READERS)
-        .max_dbs(4);
-    // WRITE_MAP: writers update the shared map in place instead of write(2)-ing each dirty
-    // page at commit: a set costs ~2.5 µs instead of ~11 µs. Copy-on-write still protects
-    // committed pages, so a killed writer leaves the last commit intact. LMDB forbids
-    // mixing processes with and without it, hence in every mode.
-    let mut flags = EnvFlags::WRITE_MAP;
-    if durability == Durability::Fast {
-        // NO_SYNC only skips fsync; crash consistency for processes is unaffected, and the
-        // boot-id check covers machine crashes.
-        flags |= EnvFlags::NO_SYNC;
-    }
-    // SAFETY: the flags are valid LMDB flags; see the comments above for their effects.
-    unsafe { options.flags(flags) };
-    // SAFETY: the directory is ours and opened at most once per process (the registry above);
-    // LMDB's own lock file coordinates with other processes.
-    unsafe { options.open(index_dir) }
-}
-
-/// The map size for this process. With `WRITE_MAP`, LMDB sets the file's length to the map
-/// size at open, so: never less than the file's current length (shrinking it under another
-/// process's map would make that process's writes fault), and never more than this process's
-/// file size limit (`ulimit -f`: growing a file past it raises SIGXFSZ, fatal by default).
-pub(crate) fn map_size(index_dir: &Path) -> heed::Result<usize> {
-    const ALIGN: u64 = 64 << 10; // a multiple of every page size LMDB runs with
-    const MIN: u64 = 1 << 20;
-    let file_len = fs::metadata(index_dir.join("data.mdb")).map_or(0, |m| m.len());
-    let limit = sys::file_size_limit() / ALIGN * ALIGN;
-    let wanted = (sys::INDEX_MAP_SIZE as u64).min(limit);
-    if wanted < sys::INDEX_MAP_SIZE as u64 && file_len < sys::INDEX_MAP_SIZE as u64 {
-        if wanted.max(file_len) < MIN {
-            return Err(heed::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                format!(
-                    "the file size limit (ulimit -f) of {limit} bytes is too small for the index"
-                ),
-            )));
-        }
-        tracing::warn!(
-            "the file size limit (ulimit -f) caps the index of {} at {} bytes; a damaged index \
-             may crash readers",
-            index_dir.display(),
-            wanted.max(file_len)
-        );
-    }
-    Ok(wanted.max(file_len) as usize)
-}
-
-/// LMDB trusts its file: a damaged page reference past the end of `data.mdb` makes a read
-/// of the memory map fault (SIGBUS), which no error handling can catch. With `WRITE_MAP`,
-/// LMDB sets the file's length to the map size, so stray references within the map read
-/// zeros, which LMDB reports as corruption and our checksums reject. What remains is a meta
-/// page that claims more pages than the map we asked for: LMDB would then map (and grow the
-/// file to) that size. So the first opener compares the newest meta page with `map_size`.
-/// Returns why the index cannot be trusted, if it cannot.
-pub(crate) fn damaged_meta(env: &Env, map_size: usize) -> Option<String> {
-    let claimed =
-        (env.info().last_page_number as u64 + 1).saturating_mul(u64::from(env.stat().page_size));
-    (claimed > map_size as u64)
-        .then(|| format!("its meta page claims {claimed} bytes, more than the {map_size}-byte map"))
-}
-
-pub(crate) fn is_corruption(err: &heed::Error) -> bool {
-    matches!(
-        err,
-        heed::Error::Mdb(
-            MdbError::Invalid
-                | MdbError::Corrupted
-                | MdbError::PageNotFound
-                | MdbError::VersionMismatch
-                | MdbError::Panic
-        )
-    )
 }

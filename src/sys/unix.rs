@@ -165,3 +165,163 @@ pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
 } else {
     1 << 30
 };
+
+/// How many times this process's ancestry forked since it started: 0 in the original
+/// process, bumped in each child right after `fork()` (a `pthread_atfork` handler,
+/// registered by the first call). Per-process state (LMDB environments, lock descriptors,
+/// thread-lock tables) compares its generation with this to notice that it was inherited.
+pub(crate) fn fork_generation() -> u64 {
+    use std::sync::Once;
+    use std::sync::atomic::Ordering;
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        extern "C" fn bump() {
+            FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: registers a child handler that only does an atomic add (async-signal-safe).
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(bump)) };
+        if rc != 0 {
+            tracing::warn!("pthread_atfork failed ({rc}): forked children must reopen caches");
+        }
+    });
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Takes an exclusive lock on byte `offset` of `file`. `wait`: block until it is free;
+/// otherwise `Ok(false)` if someone else holds it.
+///
+/// Linux: an open-file-description lock (`F_OFD_SETLK[W]`): owned by the descriptor, so
+/// threads of one process that lock through different descriptors exclude each other, and
+/// the kernel drops it when the last descriptor closes (the holder died). Elsewhere: a
+/// classic POSIX record lock (owned by the process; callers keep one descriptor open for as
+/// long as they hold any lock on the file, and never lock one byte twice).
+pub(crate) fn lock_byte(file: &File, offset: u64, wait: bool) -> io::Result<bool> {
+    range_lock(file, offset, libc::F_WRLCK as libc::c_short, wait)
+}
+
+/// Releases the lock `lock_byte` took on byte `offset`.
+pub(crate) fn unlock_byte(file: &File, offset: u64) -> io::Result<()> {
+    range_lock(file, offset, libc::F_UNLCK as libc::c_short, false).map(drop)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const RANGE_LOCK_CMDS: (libc::c_int, libc::c_int) = (libc::F_OFD_SETLK, libc::F_OFD_SETLKW);
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const RANGE_LOCK_CMDS: (libc::c_int, libc::c_int) = (libc::F_SETLK, libc::F_SETLKW);
+
+fn range_lock(file: &File, offset: u64, kind: libc::c_short, wait: bool) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let start = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "lock offset out of range"))?;
+    // SAFETY: an all-zero flock is valid (l_pid must be 0 for OFD locks).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = start;
+    lock.l_len = 1;
+    let cmd = if wait {
+        RANGE_LOCK_CMDS.1
+    } else {
+        RANGE_LOCK_CMDS.0
+    };
+    loop {
+        // SAFETY: fcntl with a valid descriptor and a pointer to a live flock struct.
+        if unsafe { libc::fcntl(file.as_raw_fd(), cmd, &lock) } == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN | libc::EACCES) if !wait => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Makes everything written so far to the file system holding `path` durable, from every
+/// process (`syncfs`): data files, value files and directory entries alike. `Ok(false)`
+/// where the platform cannot promise that.
+pub(crate) fn sync_filesystem(path: &Path) -> io::Result<bool> {
+    sync_fs::sync_filesystem(path)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod sync_fs {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::path::Path;
+
+    pub(super) fn sync_filesystem(path: &Path) -> io::Result<bool> {
+        let dir = File::open(path)?;
+        // SAFETY: syncfs on a descriptor we own for the whole call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod sync_fs {
+    pub(super) fn sync_filesystem(_path: &std::path::Path) -> std::io::Result<bool> {
+        // SAFETY: sync(2) has no preconditions; POSIX does not promise it waits.
+        unsafe { libc::sync() };
+        Ok(false)
+    }
+}
+
+/// (device, inode) of a file or directory: what identifies it across paths (mv, bind mounts).
+pub(crate) fn file_id(_path: &Path, meta: &Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+
+/// How many directory entries name the open file (0 once it has been deleted).
+pub(crate) fn link_count(file: &File) -> io::Result<u64> {
+    Ok(file.metadata()?.nlink())
+}
+
+/// Sets close-on-exec on every descriptor of this process that refers to `file`'s inode
+/// (LMDB opens `data.mdb` without `O_CLOEXEC`: a command started by the process would
+/// inherit it read-write).
+pub(crate) fn set_cloexec_on_descriptors_of(file: &File) -> io::Result<()> {
+    let meta = file.metadata()?;
+    let target = (meta.dev(), meta.ino());
+    let listing = fs::read_dir("/proc/self/fd").or_else(|_| fs::read_dir("/dev/fd"))?;
+    for entry in listing.flatten() {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: fstat into a zeroed struct; a stale fd number just fails with EBADF.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            continue;
+        }
+        #[allow(clippy::unnecessary_cast)] // dev_t/ino_t are not u64 everywhere
+        if (st.st_dev as u64, st.st_ino as u64) != target {
+            continue;
+        }
+        // SAFETY: F_GETFD/F_SETFD on a descriptor that fstat just accepted.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+        }
+    }
+    Ok(())
+}
+
+/// Reads at `offset` without moving the file position (threads share the descriptor).
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, offset)
+}
+
+/// Writes all of `buf` at `offset` without moving the file position.
+pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}

@@ -60,3 +60,56 @@ pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
 } else {
     1 << 30
 };
+
+/// Windows has no fork.
+pub(crate) fn fork_generation() -> u64 {
+    0
+}
+
+/// Byte-range locks are not wired up on Windows yet: callers treat this like a file system
+/// without locking support (warn once, go on unlocked: duplicate loads, never wrong values).
+pub(crate) fn lock_byte(_file: &File, _offset: u64, _wait: bool) -> io::Result<bool> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+pub(crate) fn unlock_byte(_file: &File, _offset: u64) -> io::Result<()> {
+    Ok(())
+}
+
+/// No whole-file-system sync without privileges: report that nothing is promised.
+pub(crate) fn sync_filesystem(_path: &Path) -> io::Result<bool> {
+    Ok(false)
+}
+
+/// No inode numbers through std on Windows: the canonical path identifies a directory.
+pub(crate) fn file_id(path: &Path, _meta: &Metadata) -> (u64, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut hasher);
+    (0, hasher.finish())
+}
+
+pub(crate) fn link_count(_file: &File) -> io::Result<u64> {
+    Ok(1)
+}
+
+/// Handles are not inherited by child processes unless asked for.
+pub(crate) fn set_cloexec_on_descriptors_of(_file: &File) -> io::Result<()> {
+    Ok(())
+}
+
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+pub(crate) fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
