@@ -30,6 +30,17 @@ fn main() -> Res<()> {
         ["gol-child", dir] => gol_child(Path::new(dir)),
         ["core-child", dir, seed] => core_child(Path::new(dir), seed.parse()?),
         ["extras"] => extras(),
+        ["engine"] => engine(),
+        ["sets", n] => {
+            // For syscall counts (strace -c): open a cache, then `n` sets of 100 bytes.
+            let tmp = tempfile::tempdir()?;
+            let cache = open(tmp.path())?;
+            let value = ByteBuf::from(vec![7u8; 100]);
+            for i in 0..n.parse::<usize>()? {
+                cache.set(&format!("key{}", i % 1000), &value, None)?;
+            }
+            Ok(())
+        }
         ["core", procs] => core(procs.parse()?),
         [] => {
             headline()?;
@@ -38,7 +49,7 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
-        _ => Err("usage: compare [extras | core PROCESSES]".into()),
+        _ => Err("usage: compare [extras | engine | core PROCESSES]".into()),
     }
 }
 
@@ -220,6 +231,88 @@ fn core_child(dir: &Path, seed: u64) -> Res<()> {
 }
 
 /// Figures with no python counterpart: the engine's own floor, big values, many keys.
+/// The engine's floor beside our hit and set paths, all in one run, 1 000 keys of 100
+/// bytes: raw LMDB (heed, NO_SYNC) put+commit with and without `MDB_WRITEMAP` (the cache
+/// opens without it since it keeps `data.mdb` sparse-free, see docs/design.md), raw reads
+/// with a fresh read transaction (with and without `MDB_NOTLS`), our `set` and `get`.
+fn engine() -> Res<()> {
+    let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
+    for (name, flags) in [
+        (
+            "lmdb_raw_put_commit_writemap",
+            heed::EnvFlags::NO_SYNC | heed::EnvFlags::WRITE_MAP,
+        ),
+        ("lmdb_raw_put_commit", heed::EnvFlags::NO_SYNC),
+    ] {
+        let tmp = tempfile::tempdir()?;
+        let mut options = heed::EnvOpenOptions::new();
+        options.map_size(1 << 30);
+        // SAFETY: valid flags; a fresh directory opened once.
+        unsafe { options.flags(flags) };
+        let env = unsafe { options.open(tmp.path())? };
+        let mut wtxn = env.write_txn()?;
+        let db: heed::Database<heed::types::Str, heed::types::Bytes> =
+            env.create_database(&mut wtxn, None)?;
+        wtxn.commit()?;
+        emit(
+            name,
+            "median_us",
+            median_us(20_000, 200, |i| {
+                let mut txn = env.write_txn().expect("txn");
+                db.put(&mut txn, &keys[i % 1000], &[7u8; 100]).expect("put");
+                txn.commit().expect("commit");
+            }),
+        );
+        emit(
+            &name.replace("put_commit", "get"),
+            "median_us",
+            median_us(200_000, 1000, |i| {
+                let txn = env.read_txn().expect("txn");
+                std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
+            }),
+        );
+    }
+    let tmp = tempfile::tempdir()?;
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .read_txn_without_tls()
+            .map_size(1 << 30)
+            .open(tmp.path())?
+    };
+    let mut wtxn = env.write_txn()?;
+    let db: heed::Database<heed::types::Str, heed::types::Bytes> =
+        env.create_database(&mut wtxn, None)?;
+    for k in &keys {
+        db.put(&mut wtxn, k, &[7u8; 100])?;
+    }
+    wtxn.commit()?;
+    emit(
+        "lmdb_raw_get_notls",
+        "median_us",
+        median_us(200_000, 1000, |i| {
+            let txn = env.read_txn().expect("txn");
+            std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
+        }),
+    );
+    let cache = open(&tmp.path().join("ours"))?;
+    let value = ByteBuf::from(vec![7u8; 100]);
+    emit(
+        "ours_set",
+        "median_us",
+        median_us(20_000, 200, |i| {
+            cache.set(&keys[i % 1000], &value, None).expect("set");
+        }),
+    );
+    emit(
+        "ours_get",
+        "median_us",
+        median_us(200_000, 1000, |i| {
+            std::hint::black_box(cache.get::<ByteBuf>(&keys[i % 1000]).expect("get"));
+        }),
+    );
+    Ok(())
+}
+
 fn extras() -> Res<()> {
     // Raw LMDB point read (fresh read transaction each time), same 1 000 keys of 100 bytes.
     let tmp = tempfile::tempdir()?;

@@ -32,7 +32,7 @@ impl Counters {
 
     fn counter(&self, index: usize) -> &AtomicU64 {
         // SAFETY: the mapping is page-aligned, LEN bytes long and lives as long as `self`;
-        // index 0 and 1 are 8-byte aligned u64 slots that are only ever accessed atomically
+        // indexes 0..=2 are 8-byte aligned u64 slots that are only ever accessed atomically
         // (by every process). The file sits in our 0700 directory and is never truncated.
         unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().cast::<u64>().add(index)) }
     }
@@ -40,6 +40,17 @@ impl Counters {
     pub(crate) fn count(&self, hit: bool) {
         self.counter(usize::from(!hit))
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times a flush has marked the cache clean (see durability.rs): a writer
+    /// that made the cache dirty at epoch N knows it is still dirty while this says N.
+    pub(crate) fn flush_epoch(&self) -> u64 {
+        self.counter(2).load(Ordering::Acquire)
+    }
+
+    /// Called right after a flush wrote `clean`, with LMDB's writer lock held.
+    pub(crate) fn bump_flush_epoch(&self) {
+        self.counter(2).fetch_add(1, Ordering::Release);
     }
 
     /// (hits, misses) since the counters file was created.

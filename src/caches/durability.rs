@@ -79,6 +79,10 @@ pub(crate) struct StateFile {
     file: File,
     path: PathBuf,
     boot: Option<String>,
+    /// 1 + the flush epoch at which this process last saw or made `.state` dirty (0:
+    /// never). While the shared epoch has not moved, nobody wrote `clean` since, so the
+    /// file need not be read again: a write costs one atomic load, not a `pread`.
+    dirty_since: std::sync::atomic::AtomicU64,
 }
 
 impl StateFile {
@@ -89,6 +93,7 @@ impl StateFile {
             file,
             path,
             boot: sys::boot_id(),
+            dirty_since: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -101,14 +106,19 @@ impl StateFile {
     /// Makes sure `.state` says dirty for this boot, durably, before a commit that will not
     /// be synced. Call with LMDB's writer lock held. Without a boot id there is nothing to
     /// compare after a reboot, so nothing to record.
-    pub(crate) fn ensure_dirty(&self) -> Result<()> {
+    pub(crate) fn ensure_dirty(&self, flush_epoch: u64) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
         let Some(boot) = &self.boot else {
             return Ok(());
         };
-        if matches!(self.read(), State::Dirty { boot: b } if &b == boot) {
+        if self.dirty_since.load(Relaxed) == flush_epoch + 1 {
             return Ok(());
         }
-        self.write(&format!("{boot} dirty\n"))
+        if !matches!(self.read(), State::Dirty { boot: b } if &b == boot) {
+            self.write(&format!("{boot} dirty\n"))?;
+        }
+        self.dirty_since.store(flush_epoch + 1, Relaxed);
+        Ok(())
     }
 
     /// Records that everything committed is on disk. Call with LMDB's writer lock held,
@@ -156,6 +166,9 @@ impl Flusher {
         let (lock, wake) = &*self.shared;
         let mut pending = lock.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
+        // Only the first write of a batch wakes the flusher; later ones just move `last`,
+        // which it reads when its deadline comes (no context switch per write).
+        let idle = pending.first.is_none();
         pending.first.get_or_insert(now);
         pending.last = Some(now);
         if !pending.running && !pending.stop {
@@ -171,7 +184,9 @@ impl Flusher {
             }
         }
         drop(pending);
-        wake.notify_one();
+        if idle {
+            wake.notify_one();
+        }
     }
 
     /// Whether there are unflushed writes; clears the mark (the caller is about to flush).

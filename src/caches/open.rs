@@ -221,6 +221,7 @@ impl Store {
             let txn = local.env.write_txn().map_err(|e| self.storage(e))?;
             if durability::sync_all(&self.paths().dir)? {
                 local.state.mark_clean()?;
+                local.counters.bump_flush_epoch();
             }
             txn.abort();
             Ok(())

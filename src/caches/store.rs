@@ -139,6 +139,13 @@ impl Store {
     /// atomically; then does the bounded housekeeping (lazy purge, eviction) in the same
     /// transaction. Returns whether it stored (`PutMode::IfAbsentOrExpired` may decline).
     pub(crate) fn put(&self, key: &str, meta: Meta, payload: &[u8], mode: PutMode) -> Result<bool> {
+        // The record stores a long key's length in 32 bits: refuse rather than wrap.
+        if u32::try_from(key.len()).is_err() {
+            return Err(Error::InvalidInput(format!(
+                "a key of {} bytes is longer than the 4 GiB - 1 a cache key may have",
+                key.len()
+            )));
+        }
         let ikey = IndexKey::new(key);
         let blob = if payload.len() > INLINE_MAX {
             Some(
@@ -339,7 +346,7 @@ impl Store {
         let fast = self.durability == Durability::Fast;
         let mut txn = local.env.write_txn().map_err(|e| self.storage(e))?;
         if fast {
-            local.state.ensure_dirty()?;
+            local.state.ensure_dirty(local.counters.flush_epoch())?;
         }
         let run = |txn: &mut RwTxn| -> heed::Result<(R, Garbage)> {
             let mut totals = local.index.totals(txn)?;
