@@ -74,6 +74,7 @@ pub(crate) struct Local {
     pub(crate) state: StateFile,
     pub(crate) counters: Counters,
     pub(crate) flusher: Flusher,
+    flushing: Mutex<()>,
     _open_lock: FileLock,
 }
 
@@ -212,14 +213,24 @@ impl Store {
 
     /// Makes this process's unflushed commits durable and marks the cache clean.
     pub(crate) fn flush_local(&self, local: &Local) -> Result<()> {
+        // One flush at a time per process: an exit-time flush waits for the flusher
+        // thread's, instead of returning while it is half done.
+        let _one = local
+            .flushing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if !local.flusher.take() {
             return Ok(());
         }
+        let dir = self.paths().dir.clone();
         let result = (|| {
+            // Sync once without the writer lock: the file system may hold other programs'
+            // dirty data, and writers of this cache should not wait for all of it.
+            durability::sync_all(&dir)?;
             // The write transaction is LMDB's writer lock: no process commits until we
-            // have synced and written `clean`.
+            // have synced (now only what changed since) and written `clean`.
             let txn = local.env.write_txn().map_err(|e| self.storage(e))?;
-            if durability::sync_all(&self.paths().dir)? {
+            if durability::sync_all(&dir)? {
                 local.state.mark_clean()?;
                 local.counters.bump_flush_epoch();
             }
@@ -305,6 +316,7 @@ impl Local {
             state: StateFile::open(&paths.dir)?,
             counters: Counters::open(&paths.dir)?,
             flusher: Flusher::default(),
+            flushing: Mutex::new(()),
             _open_lock: open_lock,
         })
     }
