@@ -78,6 +78,12 @@ pub(crate) struct Local {
     _open_lock: FileLock,
 }
 
+// `Store` shares `&Local` between threads through an `AtomicPtr`, which does not check this.
+const _: () = {
+    const fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<Local>();
+};
+
 type Registry = HashMap<(u64, u64), Weak<Store>>;
 
 /// Open stores by directory identity (device, inode): two paths to one directory (after
