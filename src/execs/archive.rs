@@ -80,7 +80,7 @@ mod formats {
 
     use super::{archive_error, entry_components};
     use crate::error::{IoContext, Result};
-    use crate::execs::fetch::staging_file;
+    use crate::execs::staging::staging_file;
 
     enum Format {
         Tar,

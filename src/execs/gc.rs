@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::install::{executables_dir, find_installed, lock_path};
+use super::layout::{executables_dir, find_installed, lock_path};
 use super::marker::{MARKER, Marker};
 use crate::error::{Error, IoContext, Result};
 use crate::lock::FileLock;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::fetch::{FetchOptions, Fetched, HashingWriter, staging_file};
+use super::staging::{FetchOptions, Fetched, HashingWriter, staging_file};
 use crate::error::{BoxError, Error, IoContext, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);

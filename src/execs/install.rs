@@ -10,49 +10,57 @@
 //!    saves duplicate downloads, the renames keep the cache correct.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
-use super::fetch::{FetchOptions, Source, fetch};
+use super::fetch::{Source, fetch};
+use super::layout::{executables_dir, find_installed, lock_path};
 use super::marker::{Marker, STAGING_PREFIX};
-use super::{Executable, InstallPath, archive, parse_sha256};
+use super::staging::FetchOptions;
+use super::{Executable, InstallPath, OnComplete, archive, parse_sha256};
 use crate::dirs::{self, hex};
 use crate::error::{Error, IoContext, Result};
 use crate::lock::{FileLock, LockMode};
 use crate::sys;
 
-/// The subdirectory of the cache root that holds executables.
-const EXECUTABLES_DIR: &str = "executables";
-
-/// `<root>/executables`, absolute.
-pub(super) fn executables_dir(cache_root: Option<&Path>) -> Result<PathBuf> {
-    let root = cache_root.map_or_else(dirs::default_root, Path::to_path_buf);
-    let root = std::path::absolute(&root).at("resolve", &root)?;
-    Ok(root.join(EXECUTABLES_DIR))
-}
-
-/// The identifier's lock file: next to its directory, so removing the directory (gc) never
-/// removes a lock someone may hold.
-pub(super) fn lock_path(executables: &Path, hash: &str) -> PathBuf {
-    executables.join(format!("{hash}.lock"))
-}
-
-/// The installed file of `id_dir`, if the install there is complete and intact. Takes no
-/// lock. Fails if the directory is not safely ours (someone could have planted it).
-pub(super) fn find_installed(id_dir: &Path) -> Result<Option<(Marker, PathBuf)>> {
-    let Some(marker) = Marker::read(id_dir)? else {
-        return Ok(None);
-    };
-    let Some(path) = marker.installed_file(id_dir) else {
-        return Ok(None);
-    };
-    dirs::check_private(id_dir)?;
-    Ok(Some((marker, path)))
+/// One install, validated: everything the steps below need, nothing left to check.
+struct Plan {
+    source: String,
+    parsed: Source,
+    identifier: String,
+    expected: Option<String>,
+    member: Option<Vec<String>>,
+    file_name: String,
+    on_complete: Option<OnComplete>,
+    timeout: Duration,
+    retries: u32,
+    headers: Vec<(String, String)>,
+    force: bool,
+    offline: bool,
+    executables: PathBuf,
+    hash: String,
+    id_dir: PathBuf,
 }
 
 pub(super) fn install(exe: Executable) -> Result<InstallPath> {
+    let mut plan = validate(exe)?;
+    if let Some(path) = check_installed(&plan)? {
+        return Ok(InstallPath::new(path, plan.on_complete.take()));
+    }
+    if plan.offline {
+        return Err(Error::Offline {
+            identifier: plan.identifier,
+            source_name: plan.source,
+        });
+    }
+    let path = install_under_lock(&plan)?;
+    Ok(InstallPath::new(path, plan.on_complete.take()))
+}
+
+/// Step 1: checks the arguments (before any request) and works out the paths.
+fn validate(exe: Executable) -> Result<Plan> {
     let offline = exe.is_offline();
     let Executable {
         source,
@@ -84,64 +92,96 @@ pub(super) fn install(exe: Executable) -> Result<InstallPath> {
             .or_else(|| member.as_ref().and_then(|m| m.last().cloned()))
             .or_else(|| parsed.last_segment()),
     );
-
     let executables = executables_dir(cache_root.as_deref())?;
     let hash = hex(&Sha256::digest(identifier.as_bytes()));
     let id_dir = executables.join(&hash);
-    // Offline means "only the cache", so it also overrides `force`.
-    if (!force || offline)
-        && let Some((_, path)) = find_installed(&id_dir)?
-    {
-        tracing::debug!("{identifier:?} is installed at {}", path.display());
-        return Ok(InstallPath::new(path, on_complete));
-    }
-    if offline {
-        return Err(Error::Offline {
-            identifier,
-            source_name: source,
-        });
-    }
-
-    dirs::prepare(&executables)?;
-    let _lock = FileLock::acquire(&lock_path(&executables, &hash), LockMode::Exclusive, None)?;
-    if !force && let Some((_, path)) = find_installed(&id_dir)? {
-        tracing::debug!("{identifier:?} was installed by another process");
-        return Ok(InstallPath::new(path, on_complete));
-    }
-    // Under the lock: gc may have removed the directory since any earlier check.
-    dirs::prepare(&id_dir)?;
-    clean_staging(&id_dir);
-
-    let options = FetchOptions {
+    Ok(Plan {
+        source,
+        parsed,
+        identifier,
+        expected,
+        member,
+        file_name,
+        on_complete,
         timeout,
         retries,
-        headers: &headers,
+        headers,
+        force,
+        offline,
+        executables,
+        hash,
+        id_dir,
+    })
+}
+
+/// Step 2, without a lock: the installed path, if the identifier is installed and the plan
+/// does not ask for a reinstall.
+fn check_installed(plan: &Plan) -> Result<Option<PathBuf>> {
+    // Offline means "only the cache", so it also overrides `force`.
+    if plan.force && !plan.offline {
+        return Ok(None);
+    }
+    let found = find_installed(&plan.id_dir)?;
+    if let Some((_, path)) = &found {
+        tracing::debug!("{:?} is installed at {}", plan.identifier, path.display());
+    }
+    Ok(found.map(|(_, path)| path))
+}
+
+/// Step 3: takes the identifier's lock, checks again (another process may have installed it
+/// while we waited), then fetches, verifies and publishes.
+fn install_under_lock(plan: &Plan) -> Result<PathBuf> {
+    dirs::prepare(&plan.executables)?;
+    let _lock = FileLock::acquire(
+        &lock_path(&plan.executables, &plan.hash),
+        LockMode::Exclusive,
+        None,
+    )?;
+    if !plan.force
+        && let Some((_, path)) = find_installed(&plan.id_dir)?
+    {
+        tracing::debug!("{:?} was installed by another process", plan.identifier);
+        return Ok(path);
+    }
+    // Under the lock: gc may have removed the directory since any earlier check.
+    dirs::prepare(&plan.id_dir)?;
+    clean_staging(&plan.id_dir);
+    fetch_and_publish(plan)
+}
+
+/// Step 4 (under the lock): fetch, verify, extract, publish, write the marker.
+fn fetch_and_publish(plan: &Plan) -> Result<PathBuf> {
+    let id_dir = &plan.id_dir;
+    let options = FetchOptions {
+        timeout: plan.timeout,
+        retries: plan.retries,
+        headers: &plan.headers,
     };
-    let fetched = fetch(&parsed, &id_dir, &options)?;
-    if let Some(expected) = expected.filter(|e| *e != fetched.sha256) {
+    let fetched = fetch(&plan.parsed, id_dir, &options)?;
+    if let Some(expected) = plan.expected.as_ref().filter(|e| **e != fetched.sha256) {
         return Err(Error::ChecksumMismatch {
-            source_name: source,
-            expected,
+            source_name: plan.source.clone(),
+            expected: expected.clone(),
             actual: fetched.sha256,
         });
     }
-    let staged = match &member {
-        Some(member) => archive::extract(fetched.file.path(), member, &id_dir, &source)?,
+    let staged = match &plan.member {
+        Some(member) => archive::extract(fetched.file.path(), member, id_dir, &plan.source)?,
         None => fetched.file,
     };
-    let target = id_dir.join(&file_name);
-    let size = publish(staged, &target, &id_dir)?;
+    let target = id_dir.join(&plan.file_name);
+    let size = publish(staged, &target, id_dir)?;
 
-    let previous = Marker::read(&id_dir).ok().flatten();
+    let previous = Marker::read(id_dir).ok().flatten();
     let marker = Marker {
-        identifier,
-        source,
+        identifier: plan.identifier.clone(),
+        source: plan.source.clone(),
         sha256: fetched.sha256,
-        file_name,
+        file_name: plan.file_name.clone(),
         size,
         installed_at: SystemTime::now(),
     };
-    marker.write(&id_dir)?;
+    marker.write(id_dir)?;
     if let Some(previous) = previous.filter(|p| p.file_name != marker.file_name) {
         // A forced reinstall under another name: the old file is no longer referenced.
         let _ = std::fs::remove_file(id_dir.join(previous.file_name));
@@ -152,7 +192,7 @@ pub(super) fn install(exe: Executable) -> Result<InstallPath> {
         marker.source,
         target.display()
     );
-    Ok(InstallPath::new(target, on_complete))
+    Ok(target)
 }
 
 /// Makes the staged file executable, durable and closed, then renames it to `target`.
@@ -190,14 +230,6 @@ fn clean_staging(id_dir: &Path) {
     }
 }
 
-/// A single, visible file name component.
-pub(super) fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && !name.contains(['/', '\\', '\0'])
-        && !name.chars().any(char::is_control)
-}
-
 /// Turns a wished-for name into a plain one: separators and control characters become `_`,
 /// and a leading dot too (dot names are ours: the marker and staging files).
 fn sanitize_file_name(name: Option<String>) -> String {
@@ -224,6 +256,7 @@ fn sanitize_file_name(name: Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::execs::marker::is_plain_name;
 
     #[test]
     fn file_names_are_plain() {

@@ -100,7 +100,7 @@ impl Marker {
         let size = field("size")?.parse().ok()?;
         let secs: u64 = field("installed")?.parse().ok()?;
         // The file name must be a plain name: a marker must not point outside its directory.
-        if !super::install::is_plain_name(&file_name) {
+        if !is_plain_name(&file_name) {
             return None;
         }
         Some(Marker {
@@ -113,6 +113,14 @@ impl Marker {
             installed_at: UNIX_EPOCH.checked_add(Duration::from_secs(secs))?,
         })
     }
+}
+
+/// A single, visible file name component.
+pub(super) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control)
 }
 
 /// Keeps every value on one line.

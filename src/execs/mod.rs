@@ -44,7 +44,9 @@ mod gc;
 mod http;
 mod install;
 mod install_path;
+mod layout;
 pub(crate) mod marker;
+mod staging;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
