@@ -777,3 +777,47 @@ fn installed_check_takes_no_lock() {
     assert_eq!(again, first);
     drop(lock);
 }
+
+/// Issue 11.14: an identifier installed once used to be returned forever, even to a caller
+/// that now pins other bytes.
+#[test]
+fn a_different_pinned_sha256_reinstalls() {
+    let version = Arc::new(AtomicUsize::new(1));
+    let server = Server::start({
+        let version = version.clone();
+        move |_, _| Reply::ok(script(&format!("v{}", version.load(Ordering::SeqCst))))
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let install = |pin: &str| {
+        Executable::new(server.url("tool"), "repin")
+            .cache_root(cache.path())
+            .sha256(pin)
+            .install()
+    };
+    let first = install(&sha256_hex(&script("v1"))).expect("install v1");
+    assert_eq!(run(&first), "v1");
+    assert_eq!(server.hits(), 1);
+    assert_eq!(
+        *install(&sha256_hex(&script("v1"))).expect("same pin"),
+        *first
+    );
+    assert_eq!(server.hits(), 1, "the same pin is served from the cache");
+
+    version.store(2, Ordering::SeqCst);
+    let second = install(&sha256_hex(&script("v2"))).expect("install v2");
+    assert_eq!(server.hits(), 2, "another pin downloads again");
+    assert_eq!(run(&second), "v2");
+    let listed = execs::installed(Some(cache.path())).expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sha256, sha256_hex(&script("v2")));
+
+    // Offline, a pin the installed bytes do not match is not "installed".
+    let err = Executable::new(server.url("tool"), "repin")
+        .cache_root(cache.path())
+        .sha256(sha256_hex(&script("v1")))
+        .offline(true)
+        .install()
+        .expect_err("offline with another pin");
+    assert!(matches!(err, Error::Offline { .. }), "{err:?}");
+    assert_eq!(server.hits(), 2);
+}

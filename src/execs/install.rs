@@ -121,11 +121,29 @@ fn check_installed(plan: &Plan) -> Result<Option<PathBuf>> {
     if plan.force && !plan.offline {
         return Ok(None);
     }
-    let found = find_installed(&plan.id_dir)?;
-    if let Some((_, path)) = &found {
+    let found = find_current(plan)?;
+    if let Some(path) = &found {
         tracing::debug!("{:?} is installed at {}", plan.identifier, path.display());
     }
-    Ok(found.map(|(_, path)| path))
+    Ok(found)
+}
+
+/// The installed file, unless there is none or its bytes are not the pinned ones: a caller
+/// who now pins another sha256 gets those bytes, not what an earlier call installed (as
+/// pooch re-downloads when the hash differs).
+fn find_current(plan: &Plan) -> Result<Option<PathBuf>> {
+    let Some((marker, path)) = find_installed(&plan.id_dir)? else {
+        return Ok(None);
+    };
+    if let Some(expected) = plan.expected.as_ref().filter(|e| **e != marker.sha256) {
+        tracing::info!(
+            "{:?} is installed with sha256 {}, but {expected} is pinned: reinstalling",
+            plan.identifier,
+            marker.sha256
+        );
+        return Ok(None);
+    }
+    Ok(Some(path))
 }
 
 /// Step 3: takes the identifier's lock, checks again (another process may have installed it
@@ -138,7 +156,7 @@ fn install_under_lock(plan: &Plan) -> Result<PathBuf> {
         None,
     )?;
     if !plan.force
-        && let Some((_, path)) = find_installed(&plan.id_dir)?
+        && let Some(path) = find_current(plan)?
     {
         tracing::debug!("{:?} was installed by another process", plan.identifier);
         return Ok(path);

@@ -119,7 +119,7 @@ impl std::fmt::Debug for Executable {
 impl Executable {
     /// An install of `source` (URL or path) under `identifier`. The identifier is the cache
     /// key: put the version in it (`"tool-1.2"`), since a new source under an installed
-    /// identifier is not downloaded again.
+    /// identifier is not downloaded again (unless its pinned [`sha256`](Self::sha256) differs).
     pub fn new(source: impl Into<String>, identifier: impl Into<String>) -> Self {
         Executable {
             source: source.into(),
@@ -139,6 +139,8 @@ impl Executable {
 
     /// The expected SHA-256 of the downloaded (or copied) bytes, as 64 hex digits; for an
     /// archive, of the archive. A mismatch is [`Error::ChecksumMismatch`] and installs nothing.
+    /// If the identifier is installed with other bytes, they are downloaded again (a pin
+    /// always gets the pinned bytes, as in pooch).
     pub fn sha256(mut self, hex: impl Into<String>) -> Self {
         self.sha256 = Some(hex.into());
         self
