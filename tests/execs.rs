@@ -506,11 +506,11 @@ fn sigkilled_installer_leaves_no_install_and_does_not_block() {
     let mut victim = child(&url, "killed-v1", cache.path())
         .spawn()
         .expect("spawn");
-    // Wait until the child is mid-download: its staging file exists.
+    // Wait until the child is mid-download: its partial download file exists.
     let start = Instant::now();
     while !files_under(&root)
         .iter()
-        .any(|f| f.to_string_lossy().contains(".staging-"))
+        .any(|f| f.file_name().is_some_and(|n| n == ".partial"))
     {
         assert!(
             start.elapsed() < Duration::from_secs(20),
@@ -820,4 +820,277 @@ fn a_different_pinned_sha256_reinstalls() {
         .expect_err("offline with another pin");
     assert!(matches!(err, Error::Offline { .. }), "{err:?}");
     assert_eq!(server.hits(), 2);
+}
+
+/// `len` bytes that differ from position to position (a cut or misplaced range shows).
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+        .collect()
+}
+
+/// The identifier's directory under `root`.
+fn id_dir(root: &Path, identifier: &str) -> PathBuf {
+    root.join("executables")
+        .join(sha256_hex(identifier.as_bytes()))
+}
+
+const CUT: usize = 100_000;
+
+/// Serves `body` as version "v1" with Range support, cutting the first response after CUT.
+fn cut_then_ranged(body: Vec<u8>) -> Server {
+    Server::start(move |n, request| match n {
+        0 => Reply::ranged(&body, "v1", request).cut_after(CUT),
+        _ => Reply::ranged(&body, "v1", request),
+    })
+}
+
+/// Issue 11.13: a download cut mid-body is resumed with `Range: bytes=N-` in the same call,
+/// and the sha256 is checked over the whole file.
+#[test]
+fn a_cut_download_resumes_with_a_range_request() {
+    let body = pattern(300_000, 1);
+    let server = cut_then_ranged(body.clone());
+    let cache = tempfile::tempdir().expect("tempdir");
+    let exe = Executable::new(server.url("tool"), "resume-v1")
+        .cache_root(cache.path())
+        .sha256(sha256_hex(&body))
+        .retries(1)
+        .install()
+        .expect("resumed install");
+    assert_eq!(std::fs::read(&*exe).expect("read"), body);
+    let received = server.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].header("range"), None);
+    assert_eq!(
+        received[1].header("range"),
+        Some(format!("bytes={CUT}-").as_str())
+    );
+    assert_eq!(received[1].header("if-range"), Some("\"v1\""));
+    let mut left: Vec<_> = files_under(cache.path())
+        .into_iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    left.sort();
+    assert_eq!(left, [".complete", "tool"], "no partial file is left");
+}
+
+/// Issue 11.13: a failed call keeps the partial file; the next call asks only for the rest.
+#[test]
+fn a_kept_partial_download_resumes_in_the_next_call() {
+    let body = pattern(300_000, 2);
+    let server = cut_then_ranged(body.clone());
+    let cache = tempfile::tempdir().expect("tempdir");
+    let install = || {
+        Executable::new(server.url("tool"), "resume-later")
+            .cache_root(cache.path())
+            .sha256(sha256_hex(&body))
+            .retries(0)
+            .install()
+    };
+    let err = install().expect_err("cut, no retries");
+    assert!(matches!(err, Error::Download { .. }), "{err:?}");
+    let dir = id_dir(cache.path(), "resume-later");
+    assert_eq!(
+        std::fs::read(dir.join(".partial")).expect("partial kept"),
+        body[..CUT]
+    );
+    assert!(
+        execs::installed(Some(cache.path()))
+            .expect("list")
+            .is_empty()
+    );
+
+    let exe = install().expect("resumed in the next call");
+    assert_eq!(std::fs::read(&*exe).expect("read"), body);
+    let received = server.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[1].header("range"),
+        Some(format!("bytes={CUT}-").as_str())
+    );
+    assert!(!dir.join(".partial").exists());
+    assert!(!dir.join(".partial.meta").exists());
+}
+
+/// Issue 11.13: a server that answers a Range request with the whole body (200): the
+/// download starts over from zero instead of appending the whole body to the kept part.
+#[test]
+fn a_server_that_ignores_range_restarts_from_zero() {
+    let body = pattern(300_000, 3);
+    let server = Server::start({
+        let body = body.clone();
+        move |n, request| {
+            let full = Reply::ok(body.clone())
+                .header("Accept-Ranges", "bytes")
+                .header("ETag", "\"v1\"");
+            match n {
+                0 => full.cut_after(CUT),
+                _ => {
+                    let _ = request; // the Range header is ignored
+                    full
+                }
+            }
+        }
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let exe = Executable::new(server.url("tool"), "ignore-range")
+        .cache_root(cache.path())
+        .retries(1)
+        .install()
+        .expect("install");
+    assert_eq!(server.received()[1].header("range"), Some("bytes=100000-"));
+    assert_eq!(std::fs::read(&*exe).expect("read"), body);
+}
+
+/// Issue 11.13: the file changed on the server since the kept part was downloaded (new ETag):
+/// If-Range makes the server send the whole new file, which replaces the kept part.
+#[test]
+fn a_changed_file_is_not_resumed_into_a_mix() {
+    let old = pattern(300_000, 4);
+    let new = pattern(250_000, 5);
+    let server = Server::start({
+        let (old, new) = (old.clone(), new.clone());
+        move |n, request| match n {
+            0 => Reply::ranged(&old, "old", request).cut_after(CUT),
+            _ => Reply::ranged(&new, "new", request),
+        }
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let install = |retries| {
+        Executable::new(server.url("tool"), "changed")
+            .cache_root(cache.path())
+            .retries(retries)
+            .install()
+    };
+    install(0).expect_err("cut");
+    let exe = install(0).expect("the new file, whole");
+    assert_eq!(server.received()[1].header("if-range"), Some("\"old\""));
+    assert_eq!(std::fs::read(&*exe).expect("read"), new);
+}
+
+/// Issue 11.13: without Accept-Ranges and a validator nothing is kept or resumed.
+#[test]
+fn a_server_without_ranges_is_not_asked_for_one() {
+    let body = pattern(300_000, 6);
+    let server = Server::start({
+        let body = body.clone();
+        move |n, _| match n {
+            0 => Reply::ok(body.clone()).cut_after(CUT),
+            _ => Reply::ok(body.clone()),
+        }
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let install = || {
+        Executable::new(server.url("tool"), "no-ranges")
+            .cache_root(cache.path())
+            .retries(0)
+            .install()
+    };
+    install().expect_err("cut");
+    assert_eq!(
+        std::fs::read_dir(cache.path().join("executables"))
+            .expect("list")
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .count(),
+        0,
+        "nothing kept, no directory left"
+    );
+    let exe = install().expect("second call");
+    assert_eq!(server.received()[1].header("range"), None);
+    assert_eq!(std::fs::read(&*exe).expect("read"), body);
+}
+
+/// Issue 11.16: an endless body is cut off at max_size instead of filling the disk until
+/// the timeout; nothing is left behind.
+#[test]
+fn an_endless_body_stops_at_max_size() {
+    let server = Server::start(|_, _| Reply {
+        endless: true,
+        ..Reply::ok(vec![b'z'; 64 * 1024])
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let url = server.url("endless");
+    let root = cache.path().to_owned();
+    std::thread::spawn(move || {
+        let result = Executable::new(url, "endless")
+            .cache_root(&root)
+            .max_size(1 << 20)
+            .install();
+        let _ = tx.send(result.map(|p| p.to_path_buf()));
+    });
+    // A generous bound: without the limit this only ends at the 10-minute timeout.
+    let err = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the download did not stop")
+        .expect_err("too large");
+    assert!(matches!(err, Error::Download { .. }), "{err:?}");
+    assert!(err.to_string().contains("max_size"), "{err}");
+    assert_eq!(server.hits(), 1, "a size limit is not retried");
+    assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
+}
+
+/// Issue 11.16: a Content-Length over max_size is refused before the body is read.
+#[test]
+fn a_content_length_over_max_size_is_refused() {
+    let server = serve_bytes(vec![7u8; 10_000]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let err = Executable::new(server.url("big"), "big")
+        .cache_root(cache.path())
+        .max_size(9_999)
+        .install()
+        .expect_err("too large");
+    let message = err.to_string();
+    assert!(
+        message.contains("10000") && message.contains("max_size"),
+        "{message}"
+    );
+    let ok = Executable::new(server.url("big"), "big")
+        .cache_root(cache.path())
+        .max_size(10_000)
+        .install()
+        .expect("exactly max_size");
+    assert_eq!(std::fs::metadata(&*ok).expect("stat").len(), 10_000);
+}
+
+/// Issue 11.16: copying `/dev/zero` stops at max_size.
+#[cfg(unix)]
+#[test]
+fn copying_dev_zero_stops_at_max_size() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let err = Executable::new("/dev/zero", "zero")
+        .cache_root(cache.path())
+        .max_size(1 << 20)
+        .install()
+        .expect_err("too large");
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    assert!(err.to_string().contains("/dev/zero"), "{err}");
+    assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
+}
+
+/// Issue 11.16: failed installs leave no empty identifier directory.
+#[test]
+fn failed_installs_leave_no_directory() {
+    let server = Server::start(|_, _| Reply::status(404));
+    let cache = tempfile::tempdir().expect("tempdir");
+    Executable::new(server.url("tool"), "fails-404")
+        .cache_root(cache.path())
+        .install()
+        .expect_err("404");
+    let src = cache.path().join("src");
+    std::fs::write(&src, script("x")).expect("write");
+    Executable::new(src.to_string_lossy(), "fails-sha")
+        .cache_root(cache.path())
+        .sha256("0".repeat(64))
+        .install()
+        .expect_err("mismatch");
+    let dirs: Vec<_> = std::fs::read_dir(cache.path().join("executables"))
+        .expect("list")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs, Vec::<PathBuf>::new());
 }

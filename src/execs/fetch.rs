@@ -4,7 +4,9 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::staging::{FetchOptions, Fetched, HashingWriter, staging_file};
+use super::staging::{
+    FetchOptions, Fetched, HashingWriter, exceeded_limit, staging_file, too_large_reason,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
 
@@ -99,7 +101,7 @@ fn percent_decode(s: &str) -> String {
 /// Fetches `source` into a new staging file in `dir`.
 pub(super) fn fetch(source: &Source, dir: &Path, options: &FetchOptions<'_>) -> Result<Fetched> {
     match source {
-        Source::Local(path) => copy_local(path, dir),
+        Source::Local(path) => copy_local(path, dir, options.max_size),
         Source::Http(url) => download(url, dir, options),
     }
 }
@@ -116,11 +118,20 @@ fn download(url: &str, _dir: &Path, _options: &FetchOptions<'_>) -> Result<Fetch
     )))
 }
 
-fn copy_local(path: &Path, dir: &Path) -> Result<Fetched> {
+fn copy_local(path: &Path, dir: &Path, max_size: Option<u64>) -> Result<Fetched> {
     let mut input = File::open(path).at("open", path)?;
-    let mut out = HashingWriter::new(staging_file(dir)?);
-    io::copy(&mut input, &mut out).at("copy", path)?;
-    Ok(out.finish())
+    let mut out = HashingWriter::new(staging_file(dir)?, max_size);
+    match io::copy(&mut input, &mut out) {
+        Ok(_) => Ok(out.finish()),
+        Err(err) => match exceeded_limit(&err) {
+            Some(limit) => Err(Error::InvalidInput(format!(
+                "{}: {}; refusing to copy it",
+                path.display(),
+                too_large_reason(limit)
+            ))),
+            None => Err(Error::io("copy", path, err)),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use tempfile::NamedTempFile;
 
 use super::fetch::{Source, fetch};
 use super::layout::{executables_dir, find_installed, lock_path};
-use super::marker::{Marker, STAGING_PREFIX};
-use super::staging::FetchOptions;
+use super::marker::Marker;
+use super::staging::{FetchOptions, clean_staging};
 use super::{Executable, InstallPath, OnComplete, archive, parse_sha256};
 use crate::dirs::{self, hex};
 use crate::error::{Error, IoContext, Result};
@@ -37,6 +37,7 @@ struct Plan {
     timeout: Duration,
     retries: u32,
     headers: Vec<(String, String)>,
+    max_size: Option<u64>,
     force: bool,
     offline: bool,
     executables: PathBuf,
@@ -75,6 +76,7 @@ fn validate(exe: Executable) -> Result<Plan> {
         force,
         cache_root,
         file_name,
+        max_size,
     } = exe;
     if identifier.is_empty() {
         return Err(Error::InvalidInput(
@@ -106,6 +108,7 @@ fn validate(exe: Executable) -> Result<Plan> {
         timeout,
         retries,
         headers,
+        max_size,
         force,
         offline,
         executables,
@@ -164,7 +167,13 @@ fn install_under_lock(plan: &Plan) -> Result<PathBuf> {
     // Under the lock: gc may have removed the directory since any earlier check.
     dirs::prepare(&plan.id_dir)?;
     clean_staging(&plan.id_dir);
-    fetch_and_publish(plan)
+    let result = fetch_and_publish(plan);
+    if result.is_err() {
+        // A failed first install leaves no empty directory behind. `remove_dir` only removes
+        // an empty one: an earlier install or a kept partial download stays.
+        let _ = std::fs::remove_dir(&plan.id_dir);
+    }
+    result
 }
 
 /// Step 4 (under the lock): fetch, verify, extract, publish, write the marker.
@@ -174,6 +183,7 @@ fn fetch_and_publish(plan: &Plan) -> Result<PathBuf> {
         timeout: plan.timeout,
         retries: plan.retries,
         headers: &plan.headers,
+        max_size: plan.max_size,
     };
     let fetched = fetch(&plan.parsed, id_dir, &options)?;
     if let Some(expected) = plan.expected.as_ref().filter(|e| **e != fetched.sha256) {
@@ -229,23 +239,6 @@ fn publish(staged: NamedTempFile, target: &Path, dir: &Path) -> Result<u64> {
         .at("rename into place", target)?;
     sys::sync_dir(dir).at("sync", dir)?;
     Ok(size)
-}
-
-/// Removes what killed installers left behind. Only called under the identifier's lock, so
-/// no live installer is writing these (unless the file system cannot lock; then its rename
-/// fails and it reports an error, but no partial file is ever published).
-fn clean_staging(id_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(id_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(STAGING_PREFIX) || name.starts_with(dirs::WRITE_PROBE_PREFIX) {
-            tracing::debug!("removing staging debris {}", entry.path().display());
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 /// Turns a wished-for name into a plain one: separators and control characters become `_`,

@@ -46,6 +46,8 @@ mod install;
 mod install_path;
 mod layout;
 pub(crate) mod marker;
+#[cfg(feature = "download")]
+mod partial;
 mod staging;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +95,7 @@ pub struct Executable {
     force: bool,
     cache_root: Option<PathBuf>,
     file_name: Option<String>,
+    max_size: Option<u64>,
 }
 
 impl std::fmt::Debug for Executable {
@@ -112,6 +115,7 @@ impl std::fmt::Debug for Executable {
             .field("force", &self.force)
             .field("cache_root", &self.cache_root)
             .field("file_name", &self.file_name)
+            .field("max_size", &self.max_size)
             .finish()
     }
 }
@@ -134,6 +138,7 @@ impl Executable {
             force: false,
             cache_root: None,
             file_name: None,
+            max_size: None,
         }
     }
 
@@ -204,6 +209,14 @@ impl Executable {
     /// are replaced: the name never leaves the identifier's directory.
     pub fn file_name(mut self, name: impl Into<String>) -> Self {
         self.file_name = Some(name.into());
+        self
+    }
+
+    /// Refuses a download or copy of more than `bytes` bytes (default: no limit): a larger
+    /// Content-Length fails before the body is read, and a body or file that grows past the
+    /// limit (an endless stream, `/dev/zero`) is cut off there. Nothing is installed then.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
         self
     }
 
