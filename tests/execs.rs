@@ -1094,3 +1094,102 @@ fn failed_installs_leave_no_directory() {
         .collect();
     assert_eq!(dirs, Vec::<PathBuf>::new());
 }
+
+/// Issue 11.17: `uninstall` waits for the identifier's lock, removes the install, and a
+/// later install downloads again.
+#[test]
+fn uninstall_removes_an_install_under_its_lock() {
+    let server = Server::start(|_, _| Reply::ok(script("gone")));
+    let cache = tempfile::tempdir().expect("tempdir");
+    let root = cache.path().to_owned();
+    let install = || {
+        Executable::new(server.url("tool"), "uninstall-me")
+            .cache_root(&root)
+            .install()
+            .expect("install")
+    };
+    let path = install().to_path_buf();
+    assert_eq!(
+        execs::uninstall("not-installed", Some(&root)).expect("uninstall"),
+        None
+    );
+
+    // Hold the install lock, as an installer of this identifier would.
+    let lock = std::fs::File::open(
+        root.join("executables")
+            .join(format!("{}.lock", sha256_hex(b"uninstall-me"))),
+    )
+    .expect("lock file");
+    lock.lock().expect("take the lock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread_root = root.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(execs::uninstall("uninstall-me", Some(&thread_root)));
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "uninstall did not wait for the lock"
+    );
+    assert!(path.exists(), "removed while the lock was held");
+    drop(lock);
+    let removed = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("uninstall finished")
+        .expect("uninstall")
+        .expect("it was installed");
+    assert_eq!(removed.identifier, "uninstall-me");
+    assert_eq!(removed.path, path);
+    assert!(!path.exists());
+    assert!(!id_dir(&root, "uninstall-me").exists());
+    assert!(execs::installed(Some(&root)).expect("list").is_empty());
+
+    assert_eq!(run(&install()), "gone");
+    assert_eq!(server.hits(), 2, "installed again after uninstall");
+}
+
+/// Issue 11.16/11.17: gc cleans what failed installs (of this and earlier versions) left,
+/// without a criterion; a dry run reports and removes nothing.
+#[test]
+fn gc_cleans_debris_and_a_dry_run_removes_nothing() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let root = cache.path();
+    let src = root.join("tool");
+    std::fs::write(&src, script("kept")).expect("write");
+    let exe = Executable::new(src.to_string_lossy(), "kept")
+        .cache_root(root)
+        .install()
+        .expect("install");
+    // What earlier versions and killed installers left: an empty directory, a directory
+    // with only a partial download, staging files next to an install.
+    let empty = id_dir(root, "failed-long-ago");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let partial = id_dir(root, "cut-off");
+    std::fs::create_dir(&partial).expect("mkdir");
+    std::fs::write(partial.join(".partial"), b"half").expect("write");
+    let kept_dir = id_dir(root, "kept");
+    std::fs::write(kept_dir.join(".staging-abc"), b"debris").expect("write");
+    std::fs::write(kept_dir.join(".partial"), b"half").expect("write");
+
+    let would = Gc::new()
+        .cache_root(root)
+        .keep(Vec::<String>::new())
+        .dry_run(true)
+        .run()
+        .expect("dry run");
+    assert_eq!(would.len(), 1);
+    assert_eq!(would[0].identifier, "kept");
+    assert!(exe.exists() && empty.exists() && partial.exists());
+    assert!(kept_dir.join(".staging-abc").exists());
+
+    let removed = Gc::new().cache_root(root).run().expect("gc");
+    assert!(removed.is_empty(), "no criterion: no install is removed");
+    assert!(exe.exists());
+    assert!(!empty.exists() && !partial.exists());
+    let mut left: Vec<_> = std::fs::read_dir(&kept_dir)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".complete", "tool"]);
+}

@@ -53,6 +53,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove an installed executable (waits for an install of it in progress).
+    #[command(after_help = UNINSTALL_EXAMPLES)]
+    Uninstall(UninstallArgs),
     /// Inspect and maintain a disk cache.
     #[command(subcommand, after_help = CACHE_EXAMPLES)]
     Cache(CacheCommand),
@@ -176,6 +179,27 @@ pub struct InstallArgs {
     /// Extra HTTP request header, e.g. "Authorization: Bearer $TOKEN" (repeatable).
     #[arg(long, value_name = "NAME: VALUE")]
     pub header: Vec<String>,
+    /// Refuse a download or copy larger than this (e.g. 200M, 2G).
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse)]
+    pub max_size: Option<u64>,
+}
+
+const UNINSTALL_EXAMPLES: &str = "\
+Examples:
+  concurio uninstall tool-1.2
+  concurio uninstall tool-1.2 --dry-run     # print what would be removed
+
+Exits 1 if ID is not installed.";
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Identifier given to `concurio install --id`.
+    pub id: String,
+    #[arg(long, value_name = "DIR", help = ROOT_HELP)]
+    pub root: Option<PathBuf>,
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 const ROOT_HELP: &str = "Cache root: executables live in DIR/executables [default: \

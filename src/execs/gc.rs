@@ -4,8 +4,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::layout::{executables_dir, find_installed, lock_path};
+use super::layout::{executables_dir, find_installed, identifier_hash, lock_path};
 use super::marker::{MARKER, Marker};
+use super::staging::{clean_staging, discard_partial};
 use crate::error::{Error, IoContext, Result};
 use crate::lock::FileLock;
 use crate::lock::LockMode;
@@ -81,6 +82,7 @@ pub struct Gc {
     cache_root: Option<PathBuf>,
     older_than: Option<Duration>,
     keep: Option<HashSet<String>>,
+    dry_run: bool,
 }
 
 impl Gc {
@@ -113,8 +115,16 @@ impl Gc {
         self
     }
 
+    /// Only reports what [`run`](Self::run) would remove; removes nothing.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
     /// Removes what the criteria select (either one suffices) and returns it. Leftovers of
-    /// failed installs are removed too; lock files stay (deleting them would race).
+    /// failed installs (directories without an install, staging files, kept partial
+    /// downloads) are removed too, even without a criterion; lock files stay (deleting one
+    /// races with a process that has just opened it).
     pub fn run(self) -> Result<Vec<Installed>> {
         let executables = executables_dir(self.cache_root.as_deref())?;
         let now = SystemTime::now();
@@ -129,16 +139,15 @@ impl Gc {
             if let Some((marker, _)) = &found
                 && !self.selects(marker, now)
             {
+                if !self.dry_run {
+                    clean_staging(&id_dir);
+                    discard_partial(&id_dir);
+                }
                 continue;
             }
-            // The marker first: from then on lock-free readers see "not installed".
-            match std::fs::remove_file(id_dir.join(MARKER)) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(crate::Error::io("remove", id_dir.join(MARKER), err));
-                }
-                _ => {}
+            if !self.dry_run {
+                remove_install(&id_dir)?;
             }
-            std::fs::remove_dir_all(&id_dir).at("remove", &id_dir)?;
             if let Some((marker, path)) = found {
                 tracing::info!("removed {:?} ({})", marker.identifier, path.display());
                 removed.push(Installed::new(marker, path));
@@ -158,6 +167,51 @@ impl Gc {
             .is_some_and(|keep| !keep.contains(&marker.identifier));
         too_old || unwanted
     }
+}
+
+/// Removes the executable installed under `identifier` (under `cache_root`; `None`: the
+/// default root) and returns it; `Ok(None)` if it was not installed. Waits for the
+/// identifier's install lock, so an install in progress finishes first and is then removed.
+/// Debris of failed installs of the identifier is removed too.
+///
+/// ```no_run
+/// # fn main() -> dbx_concurio::Result<()> {
+/// if let Some(gone) = dbx_concurio::execs::uninstall("tool-1.2", None)? {
+///     println!("removed {}", gone.path.display());
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub fn uninstall(identifier: &str, cache_root: Option<&Path>) -> Result<Option<Installed>> {
+    let executables = executables_dir(cache_root)?;
+    let hash = identifier_hash(identifier);
+    let id_dir = executables.join(&hash);
+    if std::fs::symlink_metadata(&id_dir).is_err() {
+        return Ok(None); // nothing there: no lock file created for nothing
+    }
+    let _lock = FileLock::acquire(&lock_path(&executables, &hash), LockMode::Exclusive, None)?;
+    let found = find_installed(&id_dir)?;
+    match std::fs::symlink_metadata(&id_dir) {
+        Ok(_) => remove_install(&id_dir)?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(crate::Error::io("inspect", id_dir, err)),
+    }
+    Ok(found.map(|(marker, path)| {
+        tracing::info!("uninstalled {:?} ({})", marker.identifier, path.display());
+        Installed::new(marker, path)
+    }))
+}
+
+/// Removes an identifier's directory (under its lock): the marker first, so that from then
+/// on lock-free readers see "not installed", never a half-removed install.
+fn remove_install(id_dir: &Path) -> Result<()> {
+    match std::fs::remove_file(id_dir.join(MARKER)) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(crate::Error::io("remove", id_dir.join(MARKER), err));
+        }
+        _ => {}
+    }
+    std::fs::remove_dir_all(id_dir).at("remove", id_dir)
 }
 
 /// `(hash, directory)` of every identifier directory (named by 64 hex digits).

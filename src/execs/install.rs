@@ -12,15 +12,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 use super::fetch::{Source, fetch};
-use super::layout::{executables_dir, find_installed, lock_path};
+use super::layout::{executables_dir, find_installed, identifier_hash, lock_path};
 use super::marker::Marker;
 use super::staging::{FetchOptions, clean_staging};
 use super::{Executable, InstallPath, OnComplete, archive, parse_sha256};
-use crate::dirs::{self, hex};
+use crate::dirs;
 use crate::error::{Error, IoContext, Result};
 use crate::lock::{FileLock, LockMode};
 use crate::sys;
@@ -95,7 +94,7 @@ fn validate(exe: Executable) -> Result<Plan> {
             .or_else(|| parsed.last_segment()),
     );
     let executables = executables_dir(cache_root.as_deref())?;
-    let hash = hex(&Sha256::digest(identifier.as_bytes()));
+    let hash = identifier_hash(&identifier);
     let id_dir = executables.join(&hash);
     Ok(Plan {
         source,

@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use super::marker::Marker;
-use crate::dirs;
+use crate::dirs::{self, hex};
 use crate::error::{IoContext, Result};
 
 /// The subdirectory of the cache root that holds executables.
@@ -15,6 +17,12 @@ pub(super) fn executables_dir(cache_root: Option<&Path>) -> Result<PathBuf> {
     let root = cache_root.map_or_else(dirs::default_root, Path::to_path_buf);
     let root = std::path::absolute(&root).at("resolve", &root)?;
     Ok(root.join(EXECUTABLES_DIR))
+}
+
+/// The name of the identifier's directory: the SHA-256 of the identifier, in hex (any
+/// identifier, even one with `/` or `..`, gives a plain name).
+pub(super) fn identifier_hash(identifier: &str) -> String {
+    hex(&Sha256::digest(identifier.as_bytes()))
 }
 
 /// The identifier's lock file: next to its directory, so removing the directory (gc) never

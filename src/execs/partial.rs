@@ -15,14 +15,10 @@ use std::path::Path;
 use tempfile::{NamedTempFile, TempPath};
 
 use super::marker::STAGING_PREFIX;
-use super::staging::{Fetched, HashingWriter};
+use super::staging::{Fetched, HashingWriter, PARTIAL, PARTIAL_META, discard_partial};
 use crate::atomic::write_atomically;
 use crate::error::{IoContext, Result};
 
-/// The partial download's file name in the identifier's directory.
-pub(super) const PARTIAL: &str = ".partial";
-/// Its sidecar: URL and validator.
-pub(super) const PARTIAL_META: &str = ".partial.meta";
 const HEADER: &str = "dbx-concurio partial v1";
 
 /// What makes a kept partial download resumable: the `If-Range` value to send.
@@ -88,7 +84,7 @@ impl Partial {
             })
         });
         if partial.is_none() {
-            discard(dir);
+            discard_partial(dir);
         }
         partial
     }
@@ -141,12 +137,6 @@ fn open(path: &Path, create: bool) -> std::io::Result<NamedTempFile> {
         file,
         TempPath::try_from_path(path)?,
     ))
-}
-
-/// Removes a kept partial download (under the identifier's lock).
-pub(super) fn discard(dir: &Path) {
-    let _ = std::fs::remove_file(dir.join(PARTIAL));
-    let _ = std::fs::remove_file(dir.join(PARTIAL_META));
 }
 
 /// The validator recorded for `url`; `None` for another URL (the identifier's source

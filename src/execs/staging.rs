@@ -137,6 +137,18 @@ impl Write for HashingWriter {
     }
 }
 
+/// A download in progress, or kept to be resumed (see `partial`; not a staging name, so
+/// that `clean_staging` leaves it for the next call).
+pub(super) const PARTIAL: &str = ".partial";
+/// The partial download's sidecar: its URL and validator.
+pub(super) const PARTIAL_META: &str = ".partial.meta";
+
+/// Removes a kept partial download (under the identifier's lock).
+pub(super) fn discard_partial(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(PARTIAL));
+    let _ = std::fs::remove_file(dir.join(PARTIAL_META));
+}
+
 /// Removes what killed installers left behind. Only called under the identifier's lock, so
 /// no live installer is writing these (unless the file system cannot lock; then its rename
 /// fails and it reports an error, but no partial file is ever published).
