@@ -1193,3 +1193,210 @@ fn gc_cleans_debris_and_a_dry_run_removes_nothing() {
     left.sort();
     assert_eq!(left, [".complete", "tool"]);
 }
+
+/// An entry of a test archive.
+enum Ent<'a> {
+    File(&'a str, &'a [u8], u32),
+    Link(&'a str, &'a str),
+    HardLink(&'a str, &'a str),
+}
+
+/// An uncompressed tar of `entries` (names written raw, so hostile ones too).
+fn tar_of(entries: &[Ent<'_>]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        let (name, data, kind, mode, link): (&str, &[u8], _, u32, Option<&str>) = match entry {
+            Ent::File(name, data, mode) => (name, data, tar::EntryType::Regular, *mode, None),
+            Ent::Link(name, target) => (name, b"", tar::EntryType::Symlink, 0o777, Some(target)),
+            Ent::HardLink(name, target) => (name, b"", tar::EntryType::Link, 0o644, Some(target)),
+        };
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(target) = link {
+            header.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+        }
+        header.set_entry_type(kind);
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_cksum();
+        builder.append(&header, data).expect("append");
+    }
+    builder.into_inner().expect("tar")
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+fn zst(bytes: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(bytes, 1).expect("zstd")
+}
+
+/// A toolchain: `bin/tool` runs only next to its `lib/`.
+fn toolchain(version: &str) -> Vec<u8> {
+    let tool = b"#!/bin/sh\ncat \"$(dirname \"$0\")/../lib/version.txt\"\n";
+    tar_of(&[
+        Ent::File("tc/bin/tool", tool, 0o755),
+        Ent::File("tc/lib/version.txt", version.as_bytes(), 0o644),
+        Ent::Link("tc/bin/tool-alias", "tool"),
+        Ent::Link("tc/lib/up", "../bin"),
+    ])
+}
+
+/// Issue 11.15: a whole archive (.tar.gz and .tar.zst) is installed as a tree and the chosen
+/// member's path is returned; a forced reinstall replaces the tree.
+#[test]
+fn whole_archive_installs_the_tree_and_returns_the_member() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    for (name, bytes) in [
+        ("tc-1.tar.gz", gz(&toolchain("one"))),
+        ("tc-1.tar.zst", zst(&toolchain("one"))),
+    ] {
+        let server = serve_bytes(bytes.clone());
+        let install = || {
+            Executable::new(server.url(name), format!("whole-{name}"))
+                .cache_root(cache.path())
+                .sha256(sha256_hex(&bytes))
+                .archive_member("tc/bin/tool")
+                .whole_archive(true)
+                .install()
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let exe = install();
+        assert!(exe.ends_with("tc-1/tc/bin/tool"), "{}", exe.display());
+        assert_eq!(run(&exe), "one", "{name}: runs next to its lib/");
+        let tree = exe.parent().and_then(Path::parent).expect("tree");
+        assert_eq!(run(&tree.join("bin/tool-alias")), "one");
+        assert_eq!(*install(), *exe, "{name}: installed");
+        assert_eq!(server.hits(), 1, "{name}");
+        let listed = execs::installed(Some(cache.path())).expect("list");
+        assert!(listed.iter().any(|i| i.path == *exe), "{listed:?}");
+    }
+
+    let version = Arc::new(AtomicUsize::new(1));
+    let server = Server::start({
+        let version = version.clone();
+        move |_, _| {
+            let v = if version.load(Ordering::SeqCst) == 1 {
+                "one"
+            } else {
+                "two"
+            };
+            Reply::ok(gz(&toolchain(v)))
+        }
+    });
+    let install = |force| {
+        Executable::new(server.url("tc.tgz"), "whole-forced")
+            .cache_root(cache.path())
+            .archive_member("tc/bin/tool")
+            .whole_archive(true)
+            .force(force)
+            .install()
+            .expect("install")
+    };
+    assert_eq!(run(&install(false)), "one");
+    version.store(2, Ordering::SeqCst);
+    let exe = install(true);
+    assert_eq!(run(&exe), "two");
+    let dir = id_dir(cache.path(), "whole-forced");
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".complete", "tc"], "the old tree is gone");
+}
+
+/// Issue 11.15: an archive without a chosen member is an error that lists its files (it used
+/// to be installed itself, with the exec bit); a missing member lists the closest names.
+#[test]
+fn archive_without_member_or_with_a_missing_one_lists_names() {
+    let bytes = gz(&toolchain("x"));
+    let server = serve_bytes(bytes);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let err = Executable::new(server.url("tc.tar.gz"), "no-member")
+        .cache_root(cache.path())
+        .install()
+        .expect_err("no member chosen");
+    assert!(matches!(err, Error::Archive { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("tc/bin/tool"), "{message}");
+    assert!(message.contains("tc/lib/version.txt"), "{message}");
+    assert!(
+        execs::installed(Some(cache.path()))
+            .expect("list")
+            .is_empty()
+    );
+
+    for whole in [false, true] {
+        let err = Executable::new(server.url("tc.tar.gz"), format!("typo-{whole}"))
+            .cache_root(cache.path())
+            .archive_member("bin/tool")
+            .whole_archive(whole)
+            .install()
+            .expect_err("missing member");
+        let message = err.to_string();
+        assert!(
+            message.contains("closest: tc/bin/tool"),
+            "whole={whole}: {message}"
+        );
+    }
+    assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
+}
+
+/// Issue 11.15: a whole tree gets the same traversal and link checks: absolute or `..`
+/// entries, links out of the tree, writing through a link, and hard links are refused.
+#[test]
+fn whole_archive_refuses_escapes_and_writes_nothing_outside() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let root = cache.path().join("root");
+    let tool: &[u8] = b"#!/bin/sh\necho ok\n";
+    let hostile: [(&str, Vec<Ent<'_>>); 6] = [
+        ("dotdot", vec![Ent::File("../evil", tool, 0o755)]),
+        ("absolute", vec![Ent::File("/tmp/evil-abs", tool, 0o755)]),
+        ("link-out", vec![Ent::Link("bin/sh", "/bin/sh")]),
+        ("link-up", vec![Ent::Link("bin/up", "../../evil")]),
+        (
+            "through-link",
+            vec![
+                Ent::File("real/x", tool, 0o644),
+                Ent::Link("via", "real"),
+                Ent::File("via/evil", tool, 0o755),
+            ],
+        ),
+        ("hard-link", vec![Ent::HardLink("bin/h", "/etc/passwd")]),
+    ];
+    for (name, mut entries) in hostile {
+        entries.insert(0, Ent::File("bin/tool", tool, 0o755));
+        let server = serve_bytes(gz(&tar_of(&entries)));
+        let err = Executable::new(server.url("h.tgz"), format!("hostile-{name}"))
+            .cache_root(&root)
+            .archive_member("bin/tool")
+            .whole_archive(true)
+            .install()
+            .expect_err(name);
+        assert!(matches!(err, Error::Archive { .. }), "{name}: {err:?}");
+        assert!(err.to_string().contains("refusing"), "{name}: {err}");
+    }
+    assert!(!cache.path().join("evil").exists());
+    assert!(!root.join("evil").exists());
+    assert!(!Path::new("/tmp/evil-abs").exists());
+    assert!(execs::installed(Some(&root)).expect("list").is_empty());
+    assert_eq!(files_under(&root), Vec::<PathBuf>::new(), "nothing left");
+}
+
+/// Issue 11.15: a single member of a `.tar.zst`.
+#[test]
+fn a_member_of_a_tar_zst_is_extracted() {
+    let server = serve_bytes(zst(&toolchain("zst")));
+    let cache = tempfile::tempdir().expect("tempdir");
+    let exe = Executable::new(server.url("t.tar.zst"), "zst-member")
+        .cache_root(cache.path())
+        .archive_member("tc/lib/version.txt")
+        .install()
+        .expect("install");
+    assert_eq!(std::fs::read(&*exe).expect("read"), b"zst");
+}

@@ -141,6 +141,7 @@ const INSTALL_EXAMPLES: &str = "\
 Examples:
   tool=$(concurio install https://example.com/tool-1.2 --id tool-1.2 --sha256 <64 hex digits>)
   concurio install https://example.com/tool-1.2.tar.gz --id tool-1.2 --member tool-1.2/bin/tool
+  concurio install https://example.com/sdk-3.tar.zst --id sdk-3 --member sdk/bin/cc --whole-archive
   concurio install ./build/tool --id tool-dev --force
 
 Only the absolute path goes to stdout; progress and messages go to stderr. An executable is
@@ -156,9 +157,12 @@ pub struct InstallArgs {
     /// Expected SHA-256 of the downloaded bytes (64 hex digits).
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
-    /// Install this member of a .tar.gz/.tgz/.tar.xz/.zip archive.
+    /// Install this member of a .tar.gz/.tgz/.tar.xz/.tar.zst/.zip archive.
     #[arg(long, value_name = "PATH")]
     pub member: Option<String>,
+    /// Install the archive's whole tree and print the path of --member inside it.
+    #[arg(long, requires = "member")]
+    pub whole_archive: bool,
     /// Never download: succeed only if already installed.
     #[arg(long)]
     pub offline: bool,

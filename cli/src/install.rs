@@ -18,7 +18,7 @@ pub fn install(args: InstallArgs) -> Outcome {
         exe = exe.sha256(hex);
     }
     if let Some(member) = args.member {
-        exe = exe.archive_member(member);
+        exe = exe.archive_member(member).whole_archive(args.whole_archive);
     }
     if args.offline {
         exe = exe.offline(true); // else DBX_CONCURIO_OFFLINE decides

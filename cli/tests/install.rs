@@ -197,3 +197,46 @@ fn max_size_stops_an_endless_copy_and_prune_cleans_debris() {
     sb.ok(&["cache", "prune"]);
     assert!(!debris.exists(), "prune left an empty identifier directory");
 }
+
+/// Issue 11.15: `--whole-archive` installs the tree; the printed path is the member in it.
+#[test]
+fn whole_archive_prints_the_member_inside_the_tree() {
+    let sb = Sandbox::new();
+    let tool = b"#!/bin/sh\ncat \"$(dirname \"$0\")/../lib/v\"\n";
+    // A real tar made by the system's tar, as a user would make one.
+    let tree = sb.path().join("tree");
+    std::fs::create_dir_all(tree.join("sdk/bin")).unwrap();
+    std::fs::create_dir_all(tree.join("sdk/lib")).unwrap();
+    std::fs::write(tree.join("sdk/bin/cc"), tool).unwrap();
+    std::fs::write(tree.join("sdk/lib/v"), b"v3").unwrap();
+    let archive = sb.path().join("sdk-3.tar");
+    let made = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&tree)
+        .arg("sdk")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let src = archive.to_str().unwrap();
+    let no_member = sb.concurio(&["install", src, "--id", "sdk-3"]);
+    assert_eq!(no_member.status.code(), Some(1));
+    let stderr = String::from_utf8(no_member.stderr).unwrap();
+    assert!(stderr.contains("sdk/bin/cc"), "lists the files: {stderr}");
+
+    let args = [
+        "install",
+        src,
+        "--id",
+        "sdk-3",
+        "--member",
+        "sdk/bin/cc",
+        "--whole-archive",
+    ];
+    let path = sb.ok(&args);
+    let path = std::path::Path::new(path.trim_end());
+    assert!(path.ends_with("sdk-3/sdk/bin/cc"), "{path:?}");
+    let ran = std::process::Command::new(path).output().unwrap();
+    assert_eq!(ran.stdout, b"v3");
+}

@@ -12,17 +12,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tempfile::NamedTempFile;
-
 use super::fetch::{Source, fetch};
 use super::layout::{executables_dir, find_installed, identifier_hash, lock_path};
 use super::marker::Marker;
+use super::publish::{publish_file, publish_tree};
 use super::staging::{FetchOptions, clean_staging};
 use super::{Executable, InstallPath, OnComplete, archive, parse_sha256};
 use crate::dirs;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::lock::{FileLock, LockMode};
-use crate::sys;
 
 /// One install, validated: everything the steps below need, nothing left to check.
 struct Plan {
@@ -37,6 +35,7 @@ struct Plan {
     retries: u32,
     headers: Vec<(String, String)>,
     max_size: Option<u64>,
+    whole_archive: bool,
     force: bool,
     offline: bool,
     executables: PathBuf,
@@ -76,6 +75,7 @@ fn validate(exe: Executable) -> Result<Plan> {
         cache_root,
         file_name,
         max_size,
+        whole_archive,
     } = exe;
     if identifier.is_empty() {
         return Err(Error::InvalidInput(
@@ -88,11 +88,12 @@ fn validate(exe: Executable) -> Result<Plan> {
         .as_deref()
         .map(|m| archive::member_components(m, &source))
         .transpose()?;
-    let file_name = sanitize_file_name(
-        file_name
-            .or_else(|| member.as_ref().and_then(|m| m.last().cloned()))
-            .or_else(|| parsed.last_segment()),
-    );
+    let file_name = sanitize_file_name(file_name.or_else(|| match &member {
+        // The tree's directory: the archive's name without its extensions.
+        Some(_) if whole_archive => parsed.last_segment().map(|s| archive::stem(&s)),
+        Some(member) => member.last().cloned(),
+        None => parsed.last_segment(),
+    }));
     let executables = executables_dir(cache_root.as_deref())?;
     let hash = identifier_hash(&identifier);
     let id_dir = executables.join(&hash);
@@ -108,6 +109,7 @@ fn validate(exe: Executable) -> Result<Plan> {
         retries,
         headers,
         max_size,
+        whole_archive,
         force,
         offline,
         executables,
@@ -192,12 +194,30 @@ fn fetch_and_publish(plan: &Plan) -> Result<PathBuf> {
             actual: fetched.sha256,
         });
     }
-    let staged = match &plan.member {
-        Some(member) => archive::extract(fetched.file.path(), member, id_dir, &plan.source)?,
-        None => fetched.file,
-    };
     let target = id_dir.join(&plan.file_name);
-    let size = publish(staged, &target, id_dir)?;
+    let published = match (&plan.member, plan.whole_archive) {
+        (None, _) => {
+            refuse_archive(plan, fetched.file.path())?;
+            publish_file(fetched.file, &target, id_dir)?
+        }
+        (Some(member), false) => {
+            let staged = archive::extract(fetched.file.path(), member, id_dir, &plan.source)?;
+            publish_file(staged, &target, id_dir)?
+        }
+        (Some(member), true) => {
+            let tree = archive::extract_tree(fetched.file.path(), member, id_dir, &plan.source)?;
+            publish_tree(tree, member, &target, id_dir)?
+        }
+    };
+    let member = plan
+        .member
+        .as_ref()
+        .filter(|_| plan.whole_archive)
+        .map(|m| m.join("/"));
+    let path = member
+        .iter()
+        .flat_map(|m| m.split('/'))
+        .fold(target, |path, part| path.join(part));
 
     let previous = Marker::read(id_dir).ok().flatten();
     let marker = Marker {
@@ -205,39 +225,50 @@ fn fetch_and_publish(plan: &Plan) -> Result<PathBuf> {
         source: plan.source.clone(),
         sha256: fetched.sha256,
         file_name: plan.file_name.clone(),
-        size,
+        size: published.size,
         installed_at: SystemTime::now(),
+        member,
     };
     marker.write(id_dir)?;
+    // What the new install replaced: no longer referenced now that the marker is written.
+    if let Some(aside) = published.replaced {
+        remove_path(&aside);
+    }
     if let Some(previous) = previous.filter(|p| p.file_name != marker.file_name) {
-        // A forced reinstall under another name: the old file is no longer referenced.
-        let _ = std::fs::remove_file(id_dir.join(previous.file_name));
+        remove_path(&id_dir.join(previous.file_name));
     }
     tracing::info!(
         "installed {:?} from {} at {}",
         marker.identifier,
         marker.source,
-        target.display()
+        path.display()
     );
-    Ok(target)
+    Ok(path)
 }
 
-/// Makes the staged file executable, durable and closed, then renames it to `target`.
-fn publish(staged: NamedTempFile, target: &Path, dir: &Path) -> Result<u64> {
-    let file = staged.as_file();
-    sys::make_executable(file).at("make executable", staged.path())?;
-    file.sync_all().at("sync", staged.path())?;
-    let size = file.metadata().at("inspect", staged.path())?.len();
-    // Closes our write fd: an executable must not be published while one is open (ETXTBSY).
-    let staged = staged.into_temp_path();
-    // Children forked by other threads while it was open hold copies until they exec.
-    sys::wait_until_no_writers(&staged);
-    staged
-        .persist(target)
-        .map_err(|e| e.error)
-        .at("rename into place", target)?;
-    sys::sync_dir(dir).at("sync", dir)?;
-    Ok(size)
+/// An archive fetched without a member to install is an error that lists its files (an
+/// archive is not an executable; installing it with the exec bit helped no one).
+fn refuse_archive(plan: &Plan, file: &Path) -> Result<()> {
+    match archive::members(file, &plan.source)? {
+        Some(names) => Err(archive::no_member_chosen(&plan.source, &names)),
+        None if plan.whole_archive => Err(Error::InvalidInput(format!(
+            "whole_archive: {} is not an archive",
+            plan.source
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Removes a replaced file or tree (best effort: the next install's cleanup or gc retries).
+fn remove_path(path: &Path) {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => return,
+    };
+    if let Err(err) = removed {
+        tracing::warn!("cannot remove {}: {err}", path.display());
+    }
 }
 
 /// Turns a wished-for name into a plain one: separators and control characters become `_`,

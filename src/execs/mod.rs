@@ -48,7 +48,10 @@ mod layout;
 pub(crate) mod marker;
 #[cfg(feature = "download")]
 mod partial;
+mod publish;
 mod staging;
+#[cfg(feature = "download")]
+mod tree;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -96,6 +99,7 @@ pub struct Executable {
     cache_root: Option<PathBuf>,
     file_name: Option<String>,
     max_size: Option<u64>,
+    whole_archive: bool,
 }
 
 impl std::fmt::Debug for Executable {
@@ -116,6 +120,7 @@ impl std::fmt::Debug for Executable {
             .field("cache_root", &self.cache_root)
             .field("file_name", &self.file_name)
             .field("max_size", &self.max_size)
+            .field("whole_archive", &self.whole_archive)
             .finish()
     }
 }
@@ -139,6 +144,7 @@ impl Executable {
             cache_root: None,
             file_name: None,
             max_size: None,
+            whole_archive: false,
         }
     }
 
@@ -151,10 +157,24 @@ impl Executable {
         self
     }
 
-    /// Installs this member (`"bin/tool"`) of a `.tar.gz`/`.tgz`/`.tar.xz`/`.tar`/`.zip`
-    /// source instead of the source itself. The format is recognized from the content.
+    /// Installs this member (`"bin/tool"`) of a `.tar.gz`/`.tgz`/`.tar.xz`/`.tar.zst`/`.tar`/
+    /// `.zip` source instead of the source itself (with [`whole_archive`](Self::whole_archive):
+    /// the path returned inside the unpacked tree). The format is recognized from the
+    /// content. An archive without a member chosen is an error that lists its files; a
+    /// missing member, one that names the closest ones.
     pub fn archive_member(mut self, member: impl Into<String>) -> Self {
         self.archive_member = Some(member.into());
+        self
+    }
+
+    /// Installs the archive's whole tree (a toolchain's `bin/` next to its `lib/`) and
+    /// returns the path of [`archive_member`](Self::archive_member) inside it. The tree goes
+    /// to `<identifier dir>/<name>/`, `<name>` being [`file_name`](Self::file_name) or the
+    /// archive's name without its extensions. Entries that are absolute or climb with `..`,
+    /// hard links, special files and symbolic links that point outside the tree are refused
+    /// (the whole install fails); nothing is ever written through a link.
+    pub fn whole_archive(mut self, whole: bool) -> Self {
+        self.whole_archive = whole;
         self
     }
 

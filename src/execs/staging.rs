@@ -161,7 +161,11 @@ pub(super) fn clean_staging(id_dir: &Path) {
         let name = name.to_string_lossy();
         if name.starts_with(STAGING_PREFIX) || name.starts_with(dirs::WRITE_PROBE_PREFIX) {
             tracing::debug!("removing staging debris {}", entry.path().display());
-            let _ = std::fs::remove_file(entry.path());
+            // Unpacked trees and replaced installs are directories.
+            let _ = match entry.file_type() {
+                Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(entry.path()),
+                _ => std::fs::remove_file(entry.path()),
+            };
         }
     }
 }

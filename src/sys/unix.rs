@@ -165,3 +165,10 @@ pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
 } else {
     1 << 30
 };
+
+/// Creates the symbolic link `link` pointing to `target` (execs: links inside an unpacked
+/// archive tree).
+#[cfg_attr(not(feature = "download"), allow(dead_code))]
+pub(crate) fn create_symlink(target: &Path, link: &Path) -> io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}

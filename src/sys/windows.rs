@@ -60,3 +60,16 @@ pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
 } else {
     1 << 30
 };
+
+/// Symbolic links need privileges on Windows and must say whether they point to a file or
+/// a directory, which an archive entry does not tell: not supported.
+#[cfg_attr(not(feature = "download"), allow(dead_code))]
+pub(crate) fn create_symlink(_target: &Path, link: &Path) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "cannot create the symbolic link {} on Windows",
+            link.display()
+        ),
+    ))
+}
