@@ -837,12 +837,33 @@ fn id_dir(root: &Path, identifier: &str) -> PathBuf {
 
 const CUT: usize = 100_000;
 
+/// Serves `body` (as version "v1" with Range support if `ranged`), the first response
+/// interrupted by `interrupt` (cut or stalled).
+fn serve_interrupted(body: Vec<u8>, ranged: bool, interrupt: fn(Reply) -> Reply) -> Server {
+    Server::start(move |n, request| {
+        let reply = if ranged {
+            Reply::ranged(&body, "v1", request)
+        } else {
+            Reply::ok(body.clone())
+        };
+        if n == 0 { interrupt(reply) } else { reply }
+    })
+}
+
+/// `exe` holds `body`, got in two requests, the second for the bytes from CUT on.
+fn assert_resumed(server: &Server, exe: &Path, body: &[u8]) {
+    assert_eq!(std::fs::read(exe).expect("read"), body);
+    let received = server.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[1].header("range"),
+        Some(format!("bytes={CUT}-").as_str())
+    );
+}
+
 /// Serves `body` as version "v1" with Range support, cutting the first response after CUT.
 fn cut_then_ranged(body: Vec<u8>) -> Server {
-    Server::start(move |n, request| match n {
-        0 => Reply::ranged(&body, "v1", request).cut_after(CUT),
-        _ => Reply::ranged(&body, "v1", request),
-    })
+    serve_interrupted(body, true, |reply| reply.cut_after(CUT))
 }
 
 /// Issue 11.13: a download cut mid-body is resumed with `Range: bytes=N-` in the same call,
@@ -902,13 +923,7 @@ fn a_kept_partial_download_resumes_in_the_next_call() {
     );
 
     let exe = install().expect("resumed in the next call");
-    assert_eq!(std::fs::read(&*exe).expect("read"), body);
-    let received = server.received();
-    assert_eq!(received.len(), 2);
-    assert_eq!(
-        received[1].header("range"),
-        Some(format!("bytes={CUT}-").as_str())
-    );
+    assert_resumed(&server, &exe, &body);
     assert!(!dir.join(".partial").exists());
     assert!(!dir.join(".partial.meta").exists());
 }
@@ -973,13 +988,7 @@ fn a_changed_file_is_not_resumed_into_a_mix() {
 #[test]
 fn a_server_without_ranges_is_not_asked_for_one() {
     let body = pattern(300_000, 6);
-    let server = Server::start({
-        let body = body.clone();
-        move |n, _| match n {
-            0 => Reply::ok(body.clone()).cut_after(CUT),
-            _ => Reply::ok(body.clone()),
-        }
-    });
+    let server = serve_interrupted(body.clone(), false, |reply| reply.cut_after(CUT));
     let cache = tempfile::tempdir().expect("tempdir");
     let install = || {
         Executable::new(server.url("tool"), "no-ranges")
@@ -1399,4 +1408,39 @@ fn a_member_of_a_tar_zst_is_extracted() {
         .install()
         .expect("install");
     assert_eq!(std::fs::read(&*exe).expect("read"), b"zst");
+}
+
+/// Issue 11.13: an installer killed mid-download (SIGKILL, as after Ctrl-C) leaves a partial
+/// file that the next call resumes with a Range request.
+#[test]
+fn a_download_killed_mid_body_is_resumed_by_the_next_process() {
+    let body = pattern(300_000, 7);
+    let server = serve_interrupted(body.clone(), true, |reply| Reply {
+        stall_after: Some(CUT),
+        ..reply
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("tool");
+    let root = child_root(cache.path());
+    let partial = id_dir(&root, "killed-resume").join(".partial");
+    let mut victim = child(&url, "killed-resume", cache.path())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < CUT as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "child never got the first bytes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    victim.kill().expect("SIGKILL");
+    let _ = victim.wait();
+
+    let exe = Executable::new(&url, "killed-resume")
+        .cache_root(&root)
+        .sha256(sha256_hex(&body))
+        .install()
+        .expect("resumed after the kill");
+    assert_resumed(&server, &exe, &body);
 }

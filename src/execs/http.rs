@@ -150,7 +150,7 @@ fn attempt_download(
         header(&response, "etag"),
         header(&response, "last-modified"),
     );
-    let out = prepare_partial(partial, dir, options.max_size, start, validator)?;
+    let out = prepare_partial(partial, dir, url, options.max_size, start, validator)?;
     let progress = progress_bar(url, expected);
     progress.set_position(start);
     let body = response.into_body().into_reader();
@@ -180,6 +180,7 @@ fn attempt_download(
 fn prepare_partial<'a>(
     partial: &'a mut Option<Partial>,
     dir: &Path,
+    url: &str,
     limit: Option<u64>,
     start: u64,
     validator: Option<Validator>,
@@ -198,7 +199,7 @@ fn prepare_partial<'a>(
     let partial = partial.insert(fresh);
     // Resuming keeps the validator we sent (the server confirmed it by answering 206).
     if start == 0 {
-        partial.validator = validator;
+        partial.set_validator(dir, url, validator);
     }
     Ok(&mut partial.writer)
 }

@@ -4,8 +4,10 @@
 //! not clean it away). It is only worth keeping when the server said it can resume
 //! (`Accept-Ranges: bytes`) and gave a validator (a strong `ETag` or `Last-Modified`), sent
 //! back as `If-Range`: if the file changed since, the server answers `200` with the whole new
-//! body and we start over from an empty file. Across calls the validator and the URL live in
-//! `<id dir>/.partial.meta`; a kept file for another URL, or without metadata, is discarded.
+//! body and we start over from an empty file. Across calls the URL, the validator and the
+//! boot id live in `<id dir>/.partial.meta`, written before the first byte of a resumable
+//! body, so that a killed call can be resumed too. A kept file for another URL, from another
+//! boot (a power cut may have lost unsynced bytes), or without metadata is discarded.
 //! Only the holder of the identifier's lock reads or writes either file. The digest is always
 //! over the whole file (the kept bytes are hashed again when resuming).
 
@@ -18,6 +20,7 @@ use super::marker::STAGING_PREFIX;
 use super::staging::{Fetched, HashingWriter, PARTIAL, PARTIAL_META, discard_partial};
 use crate::atomic::write_atomically;
 use crate::error::{IoContext, Result};
+use crate::sys;
 
 const HEADER: &str = "dbx-concurio partial v1";
 
@@ -74,7 +77,8 @@ impl Partial {
     pub(super) fn load(dir: &Path, url: &str, limit: Option<u64>) -> Option<Partial> {
         let path = dir.join(PARTIAL);
         let meta = std::fs::read_to_string(dir.join(PARTIAL_META)).ok();
-        let validator = meta.as_deref().and_then(|m| decode_meta(m, url));
+        let boot = sys::boot_id().unwrap_or_default();
+        let validator = meta.as_deref().and_then(|m| decode_meta(m, url, &boot));
         let partial = validator.and_then(|validator| {
             let file = open(&path, false).ok()?;
             let writer = HashingWriter::resume(file, limit).ok()?;
@@ -99,22 +103,41 @@ impl Partial {
             .map(|v| (offset, v))
     }
 
-    /// After a failed download: keeps the file and its metadata for the next call if it can
-    /// be resumed, else removes it.
+    /// Records the validator of the bytes about to be written from offset 0. A resumable
+    /// one is written to `.partial.meta` at once, before any byte: a call that is killed
+    /// (Ctrl-C, SIGKILL) can then be resumed too, not only one that gives up.
+    pub(super) fn set_validator(&mut self, dir: &Path, url: &str, validator: Option<Validator>) {
+        let meta_path = dir.join(PARTIAL_META);
+        match &validator {
+            Some(v) => {
+                let boot = sys::boot_id().unwrap_or_default();
+                let meta = format!(
+                    "{HEADER}\nurl={url}\nvalidator={}\nboot={boot}\n",
+                    v.as_str()
+                );
+                if let Err(err) = write_atomically(&meta_path, meta.as_bytes(), STAGING_PREFIX) {
+                    // Still resumable within this call; only a later call starts over.
+                    tracing::warn!("cannot record how to resume {url}: {err}");
+                }
+            }
+            None => {
+                let _ = std::fs::remove_file(&meta_path);
+            }
+        }
+        self.validator = validator;
+    }
+
+    /// After a failed download: keeps the file (its metadata is written already) for the
+    /// next call if it can be resumed, else removes both.
     pub(super) fn keep(self, dir: &Path, url: &str) {
-        let Some((offset, validator)) = self.resume_from() else {
-            return; // dropping the writer removes the file
+        let Some((offset, _)) = self.resume_from() else {
+            discard_partial(dir);
+            return;
         };
-        let meta = format!("{HEADER}\nurl={url}\nvalidator={}\n", validator.as_str());
         let (file, path) = self.writer.into_file().into_parts();
         drop(file);
-        let kept = write_atomically(&dir.join(PARTIAL_META), meta.as_bytes(), STAGING_PREFIX);
-        match kept {
-            Ok(()) => {
-                let _ = path.keep();
-                tracing::info!("kept {offset} bytes of {url} to resume later");
-            }
-            Err(err) => tracing::warn!("cannot keep the partial download of {url}: {err}"),
+        if path.keep().is_ok() {
+            tracing::info!("kept {offset} bytes of {url} to resume later");
         }
     }
 
@@ -140,13 +163,17 @@ fn open(path: &Path, create: bool) -> std::io::Result<NamedTempFile> {
 }
 
 /// The validator recorded for `url`; `None` for another URL (the identifier's source
-/// changed) or garbage.
-fn decode_meta(text: &str, url: &str) -> Option<Validator> {
+/// changed), another boot (unsynced bytes of the file may have been lost in a power cut), or
+/// garbage.
+fn decode_meta(text: &str, url: &str, boot: &str) -> Option<Validator> {
     let mut lines = text.lines();
     if lines.next()? != HEADER || lines.next()?.strip_prefix("url=")? != url {
         return None;
     }
     let value = lines.next()?.strip_prefix("validator=")?;
+    if lines.next()?.strip_prefix("boot=")? != boot {
+        return None;
+    }
     Some(Validator(value.to_owned())).filter(|v| !v.0.is_empty())
 }
 
@@ -172,13 +199,14 @@ mod tests {
     }
 
     #[test]
-    fn metadata_is_for_one_url() {
-        let text = format!("{HEADER}\nurl=http://a/x\nvalidator=\"e\"\n");
+    fn metadata_is_for_one_url_and_one_boot() {
+        let text = format!("{HEADER}\nurl=http://a/x\nvalidator=\"e\"\nboot=b1\n");
         assert_eq!(
-            decode_meta(&text, "http://a/x"),
+            decode_meta(&text, "http://a/x", "b1"),
             Some(Validator("\"e\"".into()))
         );
-        assert_eq!(decode_meta(&text, "http://a/y"), None);
-        assert_eq!(decode_meta("garbage", "http://a/x"), None);
+        assert_eq!(decode_meta(&text, "http://a/y", "b1"), None);
+        assert_eq!(decode_meta(&text, "http://a/x", "b2"), None);
+        assert_eq!(decode_meta("garbage", "http://a/x", "b1"), None);
     }
 }
