@@ -1079,7 +1079,7 @@ fn copying_dev_zero_stops_at_max_size() {
     assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
 }
 
-/// Issue 11.16: failed installs leave no empty identifier directory.
+/// Issue 11.16: failed installs leave no empty identifier directory and no orphan lock file.
 #[test]
 fn failed_installs_leave_no_directory() {
     let server = Server::start(|_, _| Reply::status(404));
@@ -1095,13 +1095,12 @@ fn failed_installs_leave_no_directory() {
         .sha256("0".repeat(64))
         .install()
         .expect_err("mismatch");
-    let dirs: Vec<_> = std::fs::read_dir(cache.path().join("executables"))
+    let left: Vec<_> = std::fs::read_dir(cache.path().join("executables"))
         .expect("list")
         .flatten()
-        .filter(|e| e.path().is_dir())
         .map(|e| e.path())
         .collect();
-    assert_eq!(dirs, Vec::<PathBuf>::new());
+    assert_eq!(left, Vec::<PathBuf>::new(), "no directory, no lock file");
 }
 
 /// Issue 11.17: `uninstall` waits for the identifier's lock, removes the install, and a
@@ -1150,6 +1149,10 @@ fn uninstall_removes_an_install_under_its_lock() {
     assert_eq!(removed.path, path);
     assert!(!path.exists());
     assert!(!id_dir(&root, "uninstall-me").exists());
+    let lock_file = root
+        .join("executables")
+        .join(format!("{}.lock", sha256_hex(b"uninstall-me")));
+    assert!(!lock_file.exists(), "the lock file goes with the install");
     assert!(execs::installed(Some(&root)).expect("list").is_empty());
 
     assert_eq!(run(&install()), "gone");
@@ -1177,6 +1180,10 @@ fn gc_cleans_debris_and_a_dry_run_removes_nothing() {
     std::fs::write(partial.join(".partial"), b"half").expect("write");
     let kept_dir = id_dir(root, "kept");
     std::fs::write(kept_dir.join(".staging-abc"), b"debris").expect("write");
+    let orphan_lock = root
+        .join("executables")
+        .join(format!("{}.lock", sha256_hex(b"never-installed")));
+    std::fs::write(&orphan_lock, b"").expect("write");
     std::fs::write(kept_dir.join(".partial"), b"half").expect("write");
 
     let would = Gc::new()
@@ -1194,6 +1201,18 @@ fn gc_cleans_debris_and_a_dry_run_removes_nothing() {
     assert!(removed.is_empty(), "no criterion: no install is removed");
     assert!(exe.exists());
     assert!(!empty.exists() && !partial.exists());
+    assert!(
+        !orphan_lock.exists(),
+        "a lock file without an install is removed"
+    );
+    let mut names: Vec<_> = std::fs::read_dir(root.join("executables"))
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let kept_hash = sha256_hex(b"kept");
+    assert_eq!(names, [kept_hash.clone(), format!("{kept_hash}.lock")]);
     let mut left: Vec<_> = std::fs::read_dir(&kept_dir)
         .expect("list")
         .flatten()
@@ -1443,4 +1462,57 @@ fn a_download_killed_mid_body_is_resumed_by_the_next_process() {
         .install()
         .expect("resumed after the kill");
     assert_resumed(&server, &exe, &body);
+}
+
+/// The lock-file removal protocol (id_lock): installs and uninstalls of one identifier from
+/// many threads, which remove and recreate its lock file all the time, never download at
+/// the same time (each holder of the lock is alone).
+#[test]
+fn installs_and_uninstalls_racing_never_overlap() {
+    let active = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let server = Server::start({
+        let (active, overlaps) = (active.clone(), overlaps.clone());
+        move |_, _| {
+            if active.fetch_add(1, Ordering::SeqCst) > 0 {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            active.fetch_sub(1, Ordering::SeqCst);
+            Reply::ok(script("racy"))
+        }
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("tool");
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| {
+                for _ in 0..15 {
+                    let exe = Executable::new(&url, "racy")
+                        .cache_root(cache.path())
+                        .install()
+                        .expect("install");
+                    // It may be uninstalled by another thread right away: only check the path.
+                    assert!(exe.ends_with("tool"));
+                    execs::uninstall("racy", Some(cache.path())).expect("uninstall");
+                }
+            });
+        }
+    });
+    assert!(server.hits() > 1);
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "two lock holders downloaded at once"
+    );
+    let left: Vec<_> = std::fs::read_dir(cache.path().join("executables"))
+        .expect("list")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<PathBuf>::new(),
+        "all uninstalled, lock file included"
+    );
 }

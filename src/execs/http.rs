@@ -41,7 +41,11 @@ impl Failure {
 /// kept partial file) in the next one: see [`super::partial`].
 pub(super) fn download(url: &str, dir: &Path, options: &FetchOptions<'_>) -> Result<Fetched> {
     let agent = agent(options.timeout);
-    let mut partial = Partial::load(dir, url, options.max_size);
+    // Without the lock to ourselves, `.partial` may be another process's: leave it alone.
+    let mut partial = options
+        .resumable
+        .then(|| Partial::load(dir, url, options.max_size))
+        .flatten();
     let mut attempt = 0;
     loop {
         match attempt_download(&agent, url, dir, options, &mut partial) {
@@ -150,7 +154,7 @@ fn attempt_download(
         header(&response, "etag"),
         header(&response, "last-modified"),
     );
-    let out = prepare_partial(partial, dir, url, options.max_size, start, validator)?;
+    let out = prepare_partial(partial, dir, url, options, start, validator)?;
     let progress = progress_bar(url, expected);
     progress.set_position(start);
     let body = response.into_body().into_reader();
@@ -181,7 +185,7 @@ fn prepare_partial<'a>(
     partial: &'a mut Option<Partial>,
     dir: &Path,
     url: &str,
-    limit: Option<u64>,
+    options: &FetchOptions<'_>,
     start: u64,
     validator: Option<Validator>,
 ) -> std::result::Result<&'a mut HashingWriter, Failure> {
@@ -194,7 +198,9 @@ fn prepare_partial<'a>(
                 .map_err(Failure::fatal)?;
             p
         }
-        None => Partial::create(dir, limit).map_err(Failure::fatal)?,
+        None => {
+            Partial::create(dir, options.max_size, options.resumable).map_err(Failure::fatal)?
+        }
     };
     let partial = partial.insert(fresh);
     // Resuming keeps the validator we sent (the server confirmed it by answering 206).

@@ -1,7 +1,7 @@
 //! The install protocol.
 //!
 //! 1. Lock-free check: a marker naming an intact file means installed.
-//! 2. Otherwise take `<executables>/<hash>.lock` (flock; never deleted), check again: another
+//! 2. Otherwise take `<executables>/<hash>.lock` (see `id_lock`), check again: another
 //!    process may have installed it while we waited.
 //! 3. Remove staging debris of killed installers, fetch into a staging file (hashing), verify,
 //!    extract the member, chmod 0755 and fsync through the fd, close it, wait until no forked
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::fetch::{Source, fetch};
+use super::id_lock::IdLock;
 use super::layout::{executables_dir, find_installed, identifier_hash, lock_path};
 use super::marker::Marker;
 use super::publish::{publish_file, publish_tree};
@@ -20,7 +21,6 @@ use super::staging::{FetchOptions, clean_staging};
 use super::{Executable, InstallPath, OnComplete, archive, parse_sha256};
 use crate::dirs;
 use crate::error::{Error, Result};
-use crate::lock::{FileLock, LockMode};
 
 /// One install, validated: everything the steps below need, nothing left to check.
 struct Plan {
@@ -154,11 +154,7 @@ fn find_current(plan: &Plan) -> Result<Option<PathBuf>> {
 /// while we waited), then fetches, verifies and publishes.
 fn install_under_lock(plan: &Plan) -> Result<PathBuf> {
     dirs::prepare(&plan.executables)?;
-    let _lock = FileLock::acquire(
-        &lock_path(&plan.executables, &plan.hash),
-        LockMode::Exclusive,
-        None,
-    )?;
+    let lock = IdLock::acquire(&lock_path(&plan.executables, &plan.hash))?;
     if !plan.force
         && let Some(path) = find_current(plan)?
     {
@@ -168,23 +164,24 @@ fn install_under_lock(plan: &Plan) -> Result<PathBuf> {
     // Under the lock: gc may have removed the directory since any earlier check.
     dirs::prepare(&plan.id_dir)?;
     clean_staging(&plan.id_dir);
-    let result = fetch_and_publish(plan);
-    if result.is_err() {
-        // A failed first install leaves no empty directory behind. `remove_dir` only removes
-        // an empty one: an earlier install or a kept partial download stays.
-        let _ = std::fs::remove_dir(&plan.id_dir);
+    let result = fetch_and_publish(plan, lock.is_exclusive());
+    // A failed first install leaves no empty directory and no lock file behind. `remove_dir`
+    // only removes an empty one: an earlier install or a kept partial download stays.
+    if result.is_err() && std::fs::remove_dir(&plan.id_dir).is_ok() {
+        lock.remove();
     }
     result
 }
 
 /// Step 4 (under the lock): fetch, verify, extract, publish, write the marker.
-fn fetch_and_publish(plan: &Plan) -> Result<PathBuf> {
+fn fetch_and_publish(plan: &Plan, exclusive: bool) -> Result<PathBuf> {
     let id_dir = &plan.id_dir;
     let options = FetchOptions {
         timeout: plan.timeout,
         retries: plan.retries,
         headers: &plan.headers,
         max_size: plan.max_size,
+        resumable: exclusive,
     };
     let fetched = fetch(&plan.parsed, id_dir, &options)?;
     if let Some(expected) = plan.expected.as_ref().filter(|e| **e != fetched.sha256) {

@@ -25,8 +25,8 @@ pub(super) fn identifier_hash(identifier: &str) -> String {
     hex(&Sha256::digest(identifier.as_bytes()))
 }
 
-/// The identifier's lock file: next to its directory, so removing the directory (gc) never
-/// removes a lock someone may hold.
+/// The identifier's lock file: next to its directory, so that it can be held while the
+/// directory is created or removed (and removed itself only as `id_lock` says).
 pub(super) fn lock_path(executables: &Path, hash: &str) -> PathBuf {
     executables.join(format!("{hash}.lock"))
 }

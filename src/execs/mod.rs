@@ -42,6 +42,7 @@ mod fetch;
 mod gc;
 #[cfg(feature = "download")]
 mod http;
+mod id_lock;
 mod install;
 mod install_path;
 mod layout;

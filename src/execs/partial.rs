@@ -17,7 +17,9 @@ use std::path::Path;
 use tempfile::{NamedTempFile, TempPath};
 
 use super::marker::STAGING_PREFIX;
-use super::staging::{Fetched, HashingWriter, PARTIAL, PARTIAL_META, discard_partial};
+use super::staging::{
+    Fetched, HashingWriter, PARTIAL, PARTIAL_META, discard_partial, staging_file,
+};
 use crate::atomic::write_atomically;
 use crate::error::{IoContext, Result};
 use crate::sys;
@@ -58,17 +60,27 @@ impl Validator {
 pub(super) struct Partial {
     pub(super) writer: HashingWriter,
     pub(super) validator: Option<Validator>,
+    /// Written to `.partial` (we hold the identifier's lock), so it may outlive the call; else
+    /// a private staging file, resumable only within this call.
+    keepable: bool,
 }
 
 impl Partial {
-    /// A new, empty `.partial` in `dir` (replacing any).
-    pub(super) fn create(dir: &Path, limit: Option<u64>) -> Result<Partial> {
-        let path = dir.join(PARTIAL);
-        let file = open(&path, true).at("create", &path)?;
-        let _ = std::fs::remove_file(dir.join(PARTIAL_META));
+    /// A new, empty `.partial` in `dir` (replacing any); a private staging file instead if
+    /// we do not hold the identifier's lock exclusively (`keepable` false).
+    pub(super) fn create(dir: &Path, limit: Option<u64>, keepable: bool) -> Result<Partial> {
+        let file = if keepable {
+            let path = dir.join(PARTIAL);
+            let file = open(&path, true).at("create", &path)?;
+            let _ = std::fs::remove_file(dir.join(PARTIAL_META));
+            file
+        } else {
+            staging_file(dir)?
+        };
         Ok(Partial {
             writer: HashingWriter::new(file, limit),
             validator: None,
+            keepable,
         })
     }
 
@@ -85,6 +97,7 @@ impl Partial {
             Some(Partial {
                 writer,
                 validator: Some(validator),
+                keepable: true,
             })
         });
         if partial.is_none() {
@@ -108,6 +121,10 @@ impl Partial {
     /// (Ctrl-C, SIGKILL) can then be resumed too, not only one that gives up.
     pub(super) fn set_validator(&mut self, dir: &Path, url: &str, validator: Option<Validator>) {
         let meta_path = dir.join(PARTIAL_META);
+        if !self.keepable {
+            self.validator = validator;
+            return;
+        }
         match &validator {
             Some(v) => {
                 let boot = sys::boot_id().unwrap_or_default();
@@ -130,6 +147,9 @@ impl Partial {
     /// After a failed download: keeps the file (its metadata is written already) for the
     /// next call if it can be resumed, else removes both.
     pub(super) fn keep(self, dir: &Path, url: &str) {
+        if !self.keepable {
+            return; // dropping the writer removes the staging file
+        }
         let Some((offset, _)) = self.resume_from() else {
             discard_partial(dir);
             return;
@@ -143,7 +163,9 @@ impl Partial {
 
     /// The complete download; its metadata is no longer needed.
     pub(super) fn finish(self, dir: &Path) -> Fetched {
-        let _ = std::fs::remove_file(dir.join(PARTIAL_META));
+        if self.keepable {
+            let _ = std::fs::remove_file(dir.join(PARTIAL_META));
+        }
         self.writer.finish()
     }
 }

@@ -20,6 +20,9 @@ pub(super) struct FetchOptions<'a> {
     pub(super) headers: &'a [(String, String)],
     /// Refuse (and stop writing) more bytes than this.
     pub(super) max_size: Option<u64>,
+    /// This process alone holds the identifier's lock, so it may write, keep and resume
+    /// `.partial` (without working locks, every download gets its own staging file).
+    pub(super) resumable: bool,
 }
 
 /// Bytes of the source in a staging file (deleted if dropped), with their digest.

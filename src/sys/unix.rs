@@ -172,3 +172,18 @@ pub(crate) const INDEX_MAP_SIZE: usize = if cfg!(target_pointer_width = "64") {
 pub(crate) fn create_symlink(target: &Path, link: &Path) -> io::Result<()> {
     std::os::unix::fs::symlink(target, link)
 }
+
+/// Whether `path` still names the open `file` (execs: a lock file removed and created again
+/// while we waited for its lock). `false` if `path` is gone.
+pub(crate) fn same_file(file: &File, path: &Path) -> io::Result<bool> {
+    let open = file.metadata()?;
+    match fs::metadata(path) {
+        Ok(named) => Ok(open.dev() == named.dev() && open.ino() == named.ino()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether execs may remove an identifier's lock file (under its lock): yes where a removed
+/// file stays lockable by whoever has it open, and [`same_file`] tells them.
+pub(crate) const CAN_REMOVE_LOCK_FILES: bool = true;

@@ -73,3 +73,13 @@ pub(crate) fn create_symlink(_target: &Path, link: &Path) -> io::Result<()> {
         ),
     ))
 }
+
+/// Without a stable file id in std, we cannot tell; lock files are never removed here (see
+/// [`CAN_REMOVE_LOCK_FILES`]), so the file at the path is the one we opened.
+pub(crate) fn same_file(_file: &File, _path: &Path) -> io::Result<bool> {
+    Ok(true)
+}
+
+/// A file removed while others have it open lingers as "delete pending" on Windows and
+/// cannot be opened: an installer would fail instead of waiting. Lock files stay.
+pub(crate) const CAN_REMOVE_LOCK_FILES: bool = false;
