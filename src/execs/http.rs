@@ -8,7 +8,9 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::partial::{Partial, Validator};
-use super::staging::{FetchOptions, Fetched, HashingWriter, exceeded_limit, too_large_reason};
+use super::staging::{
+    FetchOptions, Fetched, HashingWriter, discard_partial, exceeded_limit, too_large_reason,
+};
 use crate::error::{BoxError, Error, IoContext, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,9 +121,9 @@ fn attempt_download(
     let response = request.call().map_err(|e| transport_failure(url, e))?;
     let status = response.status();
     if !status.is_success() {
-        if status.as_u16() == 416 {
+        if status.as_u16() == 416 && partial.take().is_some() && options.resumable {
             // Our offset is past the end: the file shrank. Start over next time.
-            *partial = None;
+            discard_partial(dir);
         }
         return Err(Failure {
             error: download_error(
