@@ -1,13 +1,15 @@
-//! The install protocol.
+//! The install protocol, in named steps.
 //!
-//! 1. Lock-free check: a marker naming an intact file means installed.
-//! 2. Otherwise take `<executables>/<hash>.lock` (see `id_lock`), check again: another
-//!    process may have installed it while we waited.
-//! 3. Remove staging debris of killed installers, fetch into a staging file (hashing), verify,
-//!    extract the member, chmod 0755 and fsync through the fd, close it, wait until no forked
-//!    child still holds a write fd (ETXTBSY), rename into place, fsync the directory.
-//! 4. Write the marker last (atomically). Readers never see a partial file: the lock only
-//!    saves duplicate downloads, the renames keep the cache correct.
+//! 1. `validate`: arguments checked and paths worked out before any request.
+//! 2. `check_installed`, lock-free: a marker naming an intact file (with the pinned sha256,
+//!    if one is pinned) means installed.
+//! 3. `install_under_lock`: take `<executables>/<hash>.lock` (see `id_lock`), check again:
+//!    another process may have installed it while we waited.
+//! 4. `fetch_and_publish`: remove staging debris of killed installers, fetch (resuming a
+//!    kept partial download, see `partial`), verify, extract the member or unpack the whole
+//!    tree, publish it (see `publish`), write the marker last (atomically). Readers never see
+//!    a partial file: the lock saves duplicate downloads and guards `.partial`; the renames
+//!    keep the cache correct. A failed first install removes its directory and lock file.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
