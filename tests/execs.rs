@@ -1516,3 +1516,41 @@ fn installs_and_uninstalls_racing_never_overlap() {
         "all uninstalled, lock file included"
     );
 }
+
+/// A 206 (part of the file) to a request for the whole file is an error, not an install of
+/// the part.
+#[test]
+fn a_partial_answer_to_a_whole_request_is_refused() {
+    let body = pattern(1000, 8);
+    let server = Server::start({
+        let body = body.clone();
+        move |_, _| {
+            Reply {
+                status: 206,
+                ..Reply::ok(body[..100].to_vec())
+            }
+            .header("Content-Range", "bytes 0-99/1000")
+        }
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let err = Executable::new(server.url("tool"), "partial-answer")
+        .cache_root(cache.path())
+        .install()
+        .expect_err("a part is not the file");
+    assert!(
+        matches!(
+            err,
+            Error::Download {
+                status: Some(206),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        execs::installed(Some(cache.path()))
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
+}

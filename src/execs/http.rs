@@ -125,16 +125,7 @@ fn attempt_download(
             // Our offset is past the end: the file shrank. Start over next time.
             discard_partial(dir);
         }
-        return Err(Failure {
-            error: download_error(
-                url,
-                Some(status.as_u16()),
-                format!("HTTP status {status}"),
-                None,
-            ),
-            retryable: status.is_server_error() || matches!(status.as_u16(), 416 | 429),
-            retry_after: header(&response, "retry-after").and_then(parse_retry_after),
-        });
+        return Err(status_failure(url, &response));
     }
     // ureq removes Content-Length when it decompresses, so a present one is the body's size.
     let length = header(&response, "content-length").and_then(|v| v.parse::<u64>().ok());
@@ -142,6 +133,11 @@ fn attempt_download(
         (206, Some((offset, _))) => {
             check_content_range(url, header(&response, "content-range"), *offset)?;
             *offset
+        }
+        (206, None) => {
+            // Part of the file when we asked for all of it (a Range header of the caller's?).
+            let reason = "a partial answer (206) to a request for the whole file".into();
+            return Err(Failure::fatal(download_error(url, Some(206), reason, None)));
         }
         _ => 0, // the whole body: the server ignored the range, or the file changed
     };
@@ -163,15 +159,36 @@ fn attempt_download(
     let result = copy_body(body, out, &progress, url, expected);
     progress.finish_and_clear();
     result?;
-    match expected.filter(|&e| e != out.written()) {
+    check_length(url, expected, out.written())
+}
+
+/// An HTTP error status; 5xx, 429 and 416 (retried from zero) are worth another attempt.
+fn status_failure(url: &str, response: &ureq::http::Response<ureq::Body>) -> Failure {
+    let status = response.status();
+    Failure {
+        error: download_error(
+            url,
+            Some(status.as_u16()),
+            format!("HTTP status {status}"),
+            None,
+        ),
+        retryable: status.is_server_error() || matches!(status.as_u16(), 416 | 429),
+        retry_after: header(response, "retry-after").and_then(parse_retry_after),
+    }
+}
+
+/// A body shorter (or longer) than announced is retried: the next attempt may resume.
+fn check_length(
+    url: &str,
+    expected: Option<u64>,
+    written: u64,
+) -> std::result::Result<(), Failure> {
+    match expected.filter(|&e| e != written) {
         Some(expected) => Err(Failure {
             error: download_error(
                 url,
                 None,
-                format!(
-                    "the body has {} bytes but Content-Length says {expected}",
-                    out.written()
-                ),
+                format!("the body has {written} bytes but Content-Length says {expected}"),
                 None,
             ),
             retryable: true,
