@@ -99,9 +99,15 @@ fn entry_components<'a>(parts: impl Iterator<Item = &'a str>) -> Option<Vec<Stri
 /// "no member X; closest: a, b, c (N files)": what to say when the member is missing.
 #[cfg_attr(not(feature = "download"), allow(dead_code))]
 fn missing_member(source_name: &str, wanted: &str, names: &[String]) -> Error {
+    // Edit distances are quadratic: over the names with the same base name, plus the first
+    // few thousand, so that a typo in a huge archive still fails fast.
+    const SCORED: usize = 2000;
+    let base = wanted.rsplit('/').next().unwrap_or(wanted);
     let mut scored: Vec<(usize, &String)> = names
         .iter()
-        .map(|name| (closeness(wanted, name), name))
+        .enumerate()
+        .filter(|(i, name)| *i < SCORED || name.rsplit('/').next() == Some(base))
+        .map(|(_, name)| (closeness(wanted, name), name))
         .collect();
     scored.sort();
     let closest: Vec<&str> = scored.iter().take(5).map(|(_, n)| n.as_str()).collect();

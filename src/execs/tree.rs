@@ -85,7 +85,7 @@ impl TreeWriter {
 
     /// Creates the symbolic link `parts` -> `target`, if it stays inside the tree.
     pub(super) fn symlink(&self, parts: &[String], target: &str) -> Result<(), Refusal> {
-        if !stays_inside(parts.len() - 1, target) {
+        if !stays_inside(parts.len().saturating_sub(1), target) {
             return Err(Refusal::Unsafe(format!(
                 "{} is a symbolic link to {target:?}, outside the archive",
                 parts.join("/")
