@@ -53,6 +53,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove an installed executable (waits for an install of it in progress).
+    #[command(after_help = UNINSTALL_EXAMPLES)]
+    Uninstall(UninstallArgs),
     /// Inspect and maintain a disk cache.
     #[command(subcommand, after_help = CACHE_EXAMPLES)]
     Cache(CacheCommand),
@@ -138,6 +141,7 @@ const INSTALL_EXAMPLES: &str = "\
 Examples:
   tool=$(concurio install https://example.com/tool-1.2 --id tool-1.2 --sha256 <64 hex digits>)
   concurio install https://example.com/tool-1.2.tar.gz --id tool-1.2 --member tool-1.2/bin/tool
+  concurio install https://example.com/sdk-3.tar.zst --id sdk-3 --member sdk/bin/cc --whole-archive
   concurio install ./build/tool --id tool-dev --force
 
 Only the absolute path goes to stdout; progress and messages go to stderr. An executable is
@@ -153,9 +157,12 @@ pub struct InstallArgs {
     /// Expected SHA-256 of the downloaded bytes (64 hex digits).
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
-    /// Install this member of a .tar.gz/.tgz/.tar.xz/.zip archive.
+    /// Install this member of a .tar.gz/.tgz/.tar.xz/.tar.zst/.zip archive.
     #[arg(long, value_name = "PATH")]
     pub member: Option<String>,
+    /// Install the archive's whole tree and print the path of --member inside it.
+    #[arg(long, requires = "member")]
+    pub whole_archive: bool,
     /// Never download: succeed only if already installed.
     #[arg(long)]
     pub offline: bool,
@@ -176,6 +183,27 @@ pub struct InstallArgs {
     /// Extra HTTP request header, e.g. "Authorization: Bearer $TOKEN" (repeatable).
     #[arg(long, value_name = "NAME: VALUE")]
     pub header: Vec<String>,
+    /// Refuse a download or copy larger than this (e.g. 200M, 2G).
+    #[arg(long, value_name = "SIZE", value_parser = crate::size::parse)]
+    pub max_size: Option<u64>,
+}
+
+const UNINSTALL_EXAMPLES: &str = "\
+Examples:
+  concurio uninstall tool-1.2
+  concurio uninstall tool-1.2 --dry-run     # print what would be removed
+
+Exits 1 if ID is not installed.";
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Identifier given to `concurio install --id`.
+    pub id: String,
+    #[arg(long, value_name = "DIR", help = ROOT_HELP)]
+    pub root: Option<PathBuf>,
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 const ROOT_HELP: &str = "Cache root: executables live in DIR/executables [default: \

@@ -1,4 +1,4 @@
-//! `concurio install`, `concurio exec` and `concurio installed`, over `dbx_concurio::execs`; and the executables
+//! `concurio install`, `exec`, `installed` and `uninstall`, over `dbx_concurio::execs`; and the executables
 //! part of `concurio cache prune`.
 
 use std::io::Write;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dbx_concurio::execs::{self, Executable, Gc, Installed};
 
-use crate::cli::{ExecArgs, InstallArgs};
+use crate::cli::{ExecArgs, InstallArgs, UninstallArgs};
 use crate::{Failure, Outcome};
 
 /// Installs (or finds) the executable and prints only its absolute path on stdout.
@@ -18,7 +18,7 @@ pub fn install(args: InstallArgs) -> Outcome {
         exe = exe.sha256(hex);
     }
     if let Some(member) = args.member {
-        exe = exe.archive_member(member);
+        exe = exe.archive_member(member).whole_archive(args.whole_archive);
     }
     if args.offline {
         exe = exe.offline(true); // else DBX_CONCURIO_OFFLINE decides
@@ -34,6 +34,9 @@ pub fn install(args: InstallArgs) -> Outcome {
     }
     if let Some(retries) = args.retries {
         exe = exe.retries(retries);
+    }
+    if let Some(limit) = args.max_size {
+        exe = exe.max_size(limit);
     }
     for header in &args.header {
         let (name, value) = header
@@ -91,38 +94,79 @@ pub fn list(root: Option<&Path>, json: bool) -> Outcome {
         writeln!(stdout, "{}", serde_json::Value::Array(rows))?;
         return Ok(0);
     }
-    writeln!(stdout, "{:>10}  {:>10}  IDENTIFIER  PATH", "AGE", "BYTES")?;
+    writeln!(stdout, "{:>10}  {:>10}  IDENTIFIER  PATH", "AGE", "SIZE")?;
     for i in &all {
         let age = crate::duration::human(i.installed_at.elapsed().unwrap_or_default());
         let id = i.identifier.escape_debug();
         writeln!(
             stdout,
             "{age:>10}  {:>10}  {id}  {}",
-            i.size,
+            human_bytes(i.size),
             i.path.display()
         )?;
     }
     Ok(0)
 }
 
+/// `512 B`, `1.5 KiB`, `2.0 MiB`, ...: sizes for people (`--json` keeps bytes).
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+/// Removes the executable installed under `args.id` (or, with --dry-run, says what would
+/// be removed); prints what it did on stdout.
+pub fn uninstall(args: UninstallArgs) -> Outcome {
+    let root = args.root.as_deref();
+    let (verb, gone) = if args.dry_run {
+        ("would remove", find(&args.id, root)?)
+    } else {
+        let gone = execs::uninstall(&args.id, root)?.ok_or_else(|| not_installed(&args.id))?;
+        ("removed", gone)
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "{verb} {} ({}, {})",
+        gone.identifier.escape_debug(),
+        gone.path.display(),
+        human_bytes(gone.size)
+    )?;
+    Ok(0)
+}
+
 fn find(id: &str, root: Option<&Path>) -> Result<Installed, Failure> {
     let all = execs::installed(root)?;
-    all.into_iter().find(|i| i.identifier == id).ok_or_else(|| {
-        let hint = format!("concurio install SOURCE --id {id}");
-        format!("no executable is installed under the identifier {id:?} (install it with `{hint}`)")
-            .into()
-    })
+    all.into_iter()
+        .find(|i| i.identifier == id)
+        .ok_or_else(|| not_installed(id))
+}
+
+fn not_installed(id: &str) -> Failure {
+    let hint = format!("concurio install SOURCE --id {id}");
+    format!("no executable is installed under the identifier {id:?} (install it with `{hint}`)")
+        .into()
 }
 
 /// Removes installed executables older than `older_than` (none without it); their paths.
+/// Leftovers of failed installs (also of earlier versions) are removed in any case.
 pub fn prune_executables(
     older_than: Option<Duration>,
     root: Option<&Path>,
 ) -> Result<Vec<String>, Failure> {
-    let Some(age) = older_than else {
-        return Ok(Vec::new());
-    };
-    let mut gc = Gc::new().older_than(age);
+    let mut gc = Gc::new();
+    if let Some(age) = older_than {
+        gc = gc.older_than(age);
+    }
     if let Some(root) = root {
         gc = gc.cache_root(root);
     }
@@ -131,4 +175,18 @@ pub fn prune_executables(
         .iter()
         .map(|i| i.path.display().to_string())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(2 << 20), "2.0 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+    }
 }

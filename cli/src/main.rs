@@ -70,6 +70,7 @@ fn try_main(cli: Cli) -> Outcome {
         Command::Install(args) => install::install(args),
         Command::Exec(args) => install::exec(args),
         Command::Installed { root, json } => install::list(root.as_deref(), json),
+        Command::Uninstall(args) => install::uninstall(args),
         Command::Cache(command) => cache_cmd::cache(command),
         Command::Completions { shell } => {
             clap_complete::generate(

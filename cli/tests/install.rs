@@ -130,3 +130,113 @@ fn offline_install_of_a_missing_tool_fails_and_prune_removes_old_executables() {
     );
     assert_eq!(sb.concurio(&["exec", "tool-3"]).status.code(), Some(1));
 }
+
+/// A local file of `len` bytes that runs (a shell script padded with a comment).
+fn padded_tool(sb: &Sandbox, len: usize) -> std::path::PathBuf {
+    let mut bytes = b"#!/bin/sh\necho padded\n#".to_vec();
+    bytes.resize(len, b'x');
+    let path = sb.path().join("padded-tool");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Issue 11.17: `installed` shows sizes in human units; `--json` keeps bytes as numbers.
+#[test]
+fn installed_shows_human_sizes_and_json_keeps_bytes() {
+    let sb = Sandbox::new();
+    let src = padded_tool(&sb, 2 << 20);
+    sb.ok(&["install", src.to_str().unwrap(), "--id", "big-1"]);
+    let text = sb.ok(&["installed"]);
+    assert!(text.contains("2.0 MiB"), "{text}");
+    assert!(!text.contains("2097152"), "{text}");
+    let listed = sb.json(&["installed", "--json"]);
+    assert_eq!(listed[0]["size"], serde_json::json!(2 << 20));
+}
+
+/// Issue 11.17: `concurio uninstall ID` (and its --dry-run).
+#[test]
+fn uninstall_removes_and_dry_run_only_tells() {
+    let sb = Sandbox::new();
+    let (base, requests) = serve();
+    let url = format!("{base}/tool");
+    let path = sb.ok(&["install", &url, "--id", "tool-u"]);
+    let path = std::path::Path::new(path.trim_end()).to_owned();
+
+    let told = sb.ok(&["uninstall", "tool-u", "--dry-run"]);
+    assert!(told.starts_with("would remove tool-u"), "{told}");
+    assert!(told.contains(path.to_str().unwrap()), "{told}");
+    assert!(path.exists(), "a dry run removed it");
+
+    let done = sb.ok(&["uninstall", "tool-u"]);
+    assert!(done.starts_with("removed tool-u"), "{done}");
+    assert!(!path.exists());
+    assert_eq!(sb.concurio(&["exec", "tool-u"]).status.code(), Some(1));
+
+    let again = sb.concurio(&["uninstall", "tool-u"]);
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8(again.stderr).unwrap();
+    assert!(stderr.contains("no executable is installed"), "{stderr}");
+
+    sb.ok(&["install", &url, "--id", "tool-u"]);
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "installed again");
+}
+
+/// Issue 11.16: `--max-size` stops an endless copy; `cache prune` removes what failed
+/// installs of earlier versions left (an empty identifier directory).
+#[test]
+fn max_size_stops_an_endless_copy_and_prune_cleans_debris() {
+    let sb = Sandbox::new();
+    let out = sb.concurio(&["install", "/dev/zero", "--id", "zero", "--max-size", "1M"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("max_size"), "{stderr}");
+
+    let executables = sb.path().join("dbx_concurio").join("executables");
+    let debris = executables.join("ab".repeat(32));
+    std::fs::create_dir(&debris).unwrap();
+    sb.ok(&["cache", "prune"]);
+    assert!(!debris.exists(), "prune left an empty identifier directory");
+}
+
+/// Issue 11.15: `--whole-archive` installs the tree; the printed path is the member in it.
+#[test]
+fn whole_archive_prints_the_member_inside_the_tree() {
+    let sb = Sandbox::new();
+    let tool = b"#!/bin/sh\ncat \"$(dirname \"$0\")/../lib/v\"\n";
+    // A real tar made by the system's tar, as a user would make one.
+    let tree = sb.path().join("tree");
+    std::fs::create_dir_all(tree.join("sdk/bin")).unwrap();
+    std::fs::create_dir_all(tree.join("sdk/lib")).unwrap();
+    std::fs::write(tree.join("sdk/bin/cc"), tool).unwrap();
+    std::fs::write(tree.join("sdk/lib/v"), b"v3").unwrap();
+    let archive = sb.path().join("sdk-3.tar");
+    let made = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&tree)
+        .arg("sdk")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let src = archive.to_str().unwrap();
+    let no_member = sb.concurio(&["install", src, "--id", "sdk-3"]);
+    assert_eq!(no_member.status.code(), Some(1));
+    let stderr = String::from_utf8(no_member.stderr).unwrap();
+    assert!(stderr.contains("sdk/bin/cc"), "lists the files: {stderr}");
+
+    let args = [
+        "install",
+        src,
+        "--id",
+        "sdk-3",
+        "--member",
+        "sdk/bin/cc",
+        "--whole-archive",
+    ];
+    let path = sb.ok(&args);
+    let path = std::path::Path::new(path.trim_end());
+    assert!(path.ends_with("sdk-3/sdk/bin/cc"), "{path:?}");
+    let ran = std::process::Command::new(path).output().unwrap();
+    assert_eq!(ran.stdout, b"v3");
+}

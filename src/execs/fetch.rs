@@ -1,15 +1,12 @@
 //! Sources (URLs and paths) and getting their bytes into a staging file, hashed on the way.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tempfile::NamedTempFile;
-
-use super::marker::STAGING_PREFIX;
-use crate::dirs::hex;
+use super::staging::{
+    FetchOptions, Fetched, HashingWriter, exceeded_limit, staging_file, too_large_reason,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
 
@@ -101,25 +98,10 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// How to fetch (network options; ignored for local files).
-#[derive(Debug)]
-pub(super) struct FetchOptions<'a> {
-    pub(super) timeout: Duration,
-    pub(super) retries: u32,
-    pub(super) headers: &'a [(String, String)],
-}
-
-/// Bytes of the source in a staging file (deleted if dropped), with their digest.
-#[derive(Debug)]
-pub(super) struct Fetched {
-    pub(super) file: NamedTempFile,
-    pub(super) sha256: String,
-}
-
 /// Fetches `source` into a new staging file in `dir`.
 pub(super) fn fetch(source: &Source, dir: &Path, options: &FetchOptions<'_>) -> Result<Fetched> {
     match source {
-        Source::Local(path) => copy_local(path, dir),
+        Source::Local(path) => copy_local(path, dir, options.max_size),
         Source::Http(url) => download(url, dir, options),
     }
 }
@@ -136,60 +118,19 @@ fn download(url: &str, _dir: &Path, _options: &FetchOptions<'_>) -> Result<Fetch
     )))
 }
 
-fn copy_local(path: &Path, dir: &Path) -> Result<Fetched> {
+fn copy_local(path: &Path, dir: &Path, max_size: Option<u64>) -> Result<Fetched> {
     let mut input = File::open(path).at("open", path)?;
-    let mut out = HashingWriter::new(staging_file(dir)?);
-    io::copy(&mut input, &mut out).at("copy", path)?;
-    Ok(out.finish())
-}
-
-/// A new, empty staging file in `dir`: same file system as the final path, so the
-/// publishing rename is atomic; named so that the next lock holder can clean it up.
-pub(super) fn staging_file(dir: &Path) -> Result<NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(STAGING_PREFIX)
-        .tempfile_in(dir)
-        .at("create staging file in", dir)
-}
-
-/// Writes to a staging file while hashing and counting.
-pub(super) struct HashingWriter {
-    file: NamedTempFile,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl HashingWriter {
-    pub(super) fn new(file: NamedTempFile) -> Self {
-        HashingWriter {
-            file,
-            hasher: Sha256::new(),
-            written: 0,
-        }
-    }
-
-    pub(super) fn written(&self) -> u64 {
-        self.written
-    }
-
-    pub(super) fn finish(self) -> Fetched {
-        Fetched {
-            file: self.file,
-            sha256: hex(&self.hasher.finalize()),
-        }
-    }
-}
-
-impl Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+    let mut out = HashingWriter::new(staging_file(dir)?, max_size);
+    match io::copy(&mut input, &mut out) {
+        Ok(_) => Ok(out.finish()),
+        Err(err) => match exceeded_limit(&err) {
+            Some(limit) => Err(Error::InvalidInput(format!(
+                "{}: {}; refusing to copy it",
+                path.display(),
+                too_large_reason(limit)
+            ))),
+            None => Err(Error::io("copy", path, err)),
+        },
     }
 }
 

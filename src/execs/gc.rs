@@ -4,11 +4,11 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::install::{executables_dir, find_installed, lock_path};
+use super::id_lock::IdLock;
+use super::layout::{executables_dir, find_installed, identifier_hash, lock_path};
 use super::marker::{MARKER, Marker};
+use super::staging::{clean_staging, discard_partial};
 use crate::error::{Error, IoContext, Result};
-use crate::lock::FileLock;
-use crate::lock::LockMode;
 
 /// An installed executable, as recorded when it was installed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,7 @@ pub struct Gc {
     cache_root: Option<PathBuf>,
     older_than: Option<Duration>,
     keep: Option<HashSet<String>>,
+    dry_run: bool,
 }
 
 impl Gc {
@@ -113,32 +114,45 @@ impl Gc {
         self
     }
 
+    /// Only reports what [`run`](Self::run) would remove; removes nothing.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
     /// Removes what the criteria select (either one suffices) and returns it. Leftovers of
-    /// failed installs are removed too; lock files stay (deleting them would race).
+    /// failed installs (directories without an install, staging files, kept partial
+    /// downloads, lock files of identifiers with nothing installed) are removed too, even
+    /// without a criterion.
     pub fn run(self) -> Result<Vec<Installed>> {
         let executables = executables_dir(self.cache_root.as_deref())?;
         let now = SystemTime::now();
         let mut removed = Vec::new();
-        for (hash, id_dir) in identifier_dirs(&executables)? {
-            let lock = lock_path(&executables, &hash);
-            let Some(_lock) = FileLock::try_acquire(&lock, LockMode::Exclusive)? else {
+        for hash in identifier_hashes(&executables)? {
+            let id_dir = executables.join(&hash);
+            let Some(lock) = IdLock::try_acquire(&lock_path(&executables, &hash))? else {
                 tracing::debug!("skipping {}: being installed", id_dir.display());
                 continue;
             };
-            let found = find_installed(&id_dir)?;
+            let found = match std::fs::symlink_metadata(&id_dir) {
+                Ok(_) => find_installed(&id_dir)?,
+                // Only a lock file (a failed install of an earlier version).
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => return Err(crate::Error::io("inspect", id_dir, err)),
+            };
             if let Some((marker, _)) = &found
                 && !self.selects(marker, now)
             {
+                if !self.dry_run {
+                    clean_staging(&id_dir);
+                    discard_partial(&id_dir);
+                }
                 continue;
             }
-            // The marker first: from then on lock-free readers see "not installed".
-            match std::fs::remove_file(id_dir.join(MARKER)) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(crate::Error::io("remove", id_dir.join(MARKER), err));
-                }
-                _ => {}
+            if !self.dry_run {
+                remove_install(&id_dir)?;
+                lock.remove();
             }
-            std::fs::remove_dir_all(&id_dir).at("remove", &id_dir)?;
             if let Some((marker, path)) = found {
                 tracing::info!("removed {:?} ({})", marker.identifier, path.display());
                 removed.push(Installed::new(marker, path));
@@ -160,21 +174,93 @@ impl Gc {
     }
 }
 
+/// Removes the executable installed under `identifier` (under `cache_root`; `None`: the
+/// default root) and returns it; `Ok(None)` if it was not installed. Waits for the
+/// identifier's install lock, so an install in progress finishes first and is then removed.
+/// Debris of failed installs of the identifier is removed too.
+///
+/// ```no_run
+/// # fn main() -> dbx_concurio::Result<()> {
+/// if let Some(gone) = dbx_concurio::execs::uninstall("tool-1.2", None)? {
+///     println!("removed {}", gone.path.display());
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub fn uninstall(identifier: &str, cache_root: Option<&Path>) -> Result<Option<Installed>> {
+    let executables = executables_dir(cache_root)?;
+    let hash = identifier_hash(identifier);
+    let id_dir = executables.join(&hash);
+    let lock_file = lock_path(&executables, &hash);
+    if std::fs::symlink_metadata(&id_dir).is_err() && std::fs::symlink_metadata(&lock_file).is_err()
+    {
+        return Ok(None); // nothing installed, no install running: no lock file made for nothing
+    }
+    let lock = IdLock::acquire(&lock_file)?;
+    let found = find_installed(&id_dir)?;
+    remove_install(&id_dir)?;
+    lock.remove();
+    Ok(found.map(|(marker, path)| {
+        tracing::info!("uninstalled {:?} ({})", marker.identifier, path.display());
+        Installed::new(marker, path)
+    }))
+}
+
+/// Removes an identifier's directory, if there is one (under its lock): the marker first, so
+/// that from then on lock-free readers see "not installed", never a half-removed install.
+fn remove_install(id_dir: &Path) -> Result<()> {
+    match std::fs::remove_file(id_dir.join(MARKER)) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(crate::Error::io("remove", id_dir.join(MARKER), err));
+        }
+        _ => {}
+    }
+    match std::fs::remove_dir_all(id_dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(crate::Error::io("remove", id_dir, err))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The hash of every identifier with a directory or a lock file, once each.
+fn identifier_hashes(executables: &Path) -> Result<Vec<String>> {
+    let mut hashes: Vec<String> = list(executables)?
+        .into_iter()
+        .filter_map(|(name, _)| {
+            let hash = name.strip_suffix(".lock").unwrap_or(&name);
+            is_hash(hash).then(|| hash.to_owned())
+        })
+        .collect();
+    hashes.sort();
+    hashes.dedup();
+    Ok(hashes)
+}
+
+fn is_hash(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// `(hash, directory)` of every identifier directory (named by 64 hex digits).
 fn identifier_dirs(executables: &Path) -> Result<Vec<(String, PathBuf)>> {
+    Ok(list(executables)?
+        .into_iter()
+        .filter(|(name, entry)| is_hash(name) && entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|(name, entry)| (name, entry.path()))
+        .collect())
+}
+
+/// The entries of `executables` with their names (none if it does not exist).
+fn list(executables: &Path) -> Result<Vec<(String, std::fs::DirEntry)>> {
     let entries = match std::fs::read_dir(executables) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(err) => return Err(crate::Error::io("list", executables, err)),
     };
-    let mut dirs = Vec::new();
+    let mut out = Vec::new();
     for entry in entries {
         let entry = entry.at("list", executables)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_hash = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_hash && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            dirs.push((name, entry.path()));
-        }
+        out.push((entry.file_name().to_string_lossy().into_owned(), entry));
     }
-    Ok(dirs)
+    Ok(out)
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::fetch::{FetchOptions, Fetched, HashingWriter, staging_file};
+use super::partial::{Partial, Validator};
+use super::staging::{
+    FetchOptions, Fetched, HashingWriter, discard_partial, exceeded_limit, too_large_reason,
+};
 use crate::error::{BoxError, Error, IoContext, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,13 +38,25 @@ impl Failure {
     }
 }
 
-/// Downloads `url` into a staging file in `dir`, retrying transient failures.
+/// Downloads `url` into `<dir>/.partial`, retrying transient failures. A body cut short is
+/// resumed with a `Range` request where the server allows it, within this call and (from the
+/// kept partial file) in the next one: see [`super::partial`].
 pub(super) fn download(url: &str, dir: &Path, options: &FetchOptions<'_>) -> Result<Fetched> {
     let agent = agent(options.timeout);
+    // Without the lock to ourselves, `.partial` may be another process's: leave it alone.
+    let mut partial = options
+        .resumable
+        .then(|| Partial::load(dir, url, options.max_size))
+        .flatten();
     let mut attempt = 0;
     loop {
-        match attempt_download(&agent, url, dir, options) {
-            Ok(fetched) => return Ok(fetched),
+        match attempt_download(&agent, url, dir, options, &mut partial) {
+            Ok(()) => {
+                return match partial {
+                    Some(partial) => Ok(partial.finish(dir)),
+                    None => Err(download_error(url, None, "no body".into(), None)),
+                };
+            }
             Err(failure) if failure.retryable && attempt < options.retries => {
                 let pause = backoff(attempt, failure.retry_after);
                 attempt += 1;
@@ -52,7 +67,12 @@ pub(super) fn download(url: &str, dir: &Path, options: &FetchOptions<'_>) -> Res
                 );
                 std::thread::sleep(pause);
             }
-            Err(failure) => return Err(failure.error),
+            Err(failure) => {
+                if let Some(partial) = partial {
+                    partial.keep(dir, url);
+                }
+                return Err(failure.error);
+            }
         }
     }
 }
@@ -71,41 +91,176 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
+/// One request. Appends to `partial` (206 to our Range request) or starts it over (200),
+/// and records whether the server would let a later attempt resume.
 fn attempt_download(
     agent: &ureq::Agent,
     url: &str,
     dir: &Path,
     options: &FetchOptions<'_>,
-) -> std::result::Result<Fetched, Failure> {
-    tracing::debug!("downloading {url}");
+    partial: &mut Option<Partial>,
+) -> std::result::Result<(), Failure> {
+    let resume = partial
+        .as_ref()
+        .and_then(|p| p.resume_from())
+        .map(|(offset, v)| (offset, v.as_str().to_owned()));
+    tracing::debug!(
+        "downloading {url} (from byte {})",
+        resume.as_ref().map_or(0, |r| r.0)
+    );
     let mut request = agent.get(url);
     for (name, value) in options.headers {
         request = request.header(name.as_str(), value.as_str());
     }
+    if let Some((offset, validator)) = &resume {
+        // If-Range: the rest of *this* version, or the whole file if it changed.
+        request = request
+            .header("Range", format!("bytes={offset}-"))
+            .header("If-Range", validator.as_str());
+    }
     let response = request.call().map_err(|e| transport_failure(url, e))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(Failure {
-            error: download_error(
-                url,
-                Some(status.as_u16()),
-                format!("HTTP status {status}"),
-                None,
-            ),
-            retryable: status.is_server_error() || status.as_u16() == 429,
-            retry_after: header(&response, "retry-after").and_then(parse_retry_after),
-        });
+        if status.as_u16() == 416 && partial.take().is_some() && options.resumable {
+            // Our offset is past the end: the file shrank. Start over next time.
+            discard_partial(dir);
+        }
+        return Err(status_failure(url, &response));
     }
     // ureq removes Content-Length when it decompresses, so a present one is the body's size.
-    let expected = header(&response, "content-length").and_then(|v| v.parse::<u64>().ok());
-    let file = staging_file(dir).map_err(Failure::fatal)?;
-    let mut out = HashingWriter::new(file);
+    let length = header(&response, "content-length").and_then(|v| v.parse::<u64>().ok());
+    let start = match (status.as_u16(), &resume) {
+        (206, Some((offset, _))) => {
+            check_content_range(url, header(&response, "content-range"), *offset)?;
+            *offset
+        }
+        (206, None) => {
+            // Part of the file when we asked for all of it (a Range header of the caller's?).
+            let reason = "a partial answer (206) to a request for the whole file".into();
+            return Err(Failure::fatal(download_error(url, Some(206), reason, None)));
+        }
+        _ => 0, // the whole body: the server ignored the range, or the file changed
+    };
+    let expected = length.map(|l| start + l);
+    if let (Some(limit), Some(total)) = (options.max_size, expected)
+        && total > limit
+    {
+        return Err(Failure::fatal(too_large(url, limit, Some(total))));
+    }
+    let validator = Validator::from_headers(
+        header(&response, "accept-ranges"),
+        header(&response, "etag"),
+        header(&response, "last-modified"),
+    );
+    let out = prepare_partial(partial, dir, url, options, start, validator)?;
     let progress = progress_bar(url, expected);
-    let mut body = response.into_body().into_reader();
+    progress.set_position(start);
+    let body = response.into_body().into_reader();
+    let result = copy_body(body, out, &progress, url, expected);
+    progress.finish_and_clear();
+    result?;
+    check_length(url, expected, out.written())
+}
+
+/// An HTTP error status; 5xx, 429 and 416 (retried from zero) are worth another attempt.
+fn status_failure(url: &str, response: &ureq::http::Response<ureq::Body>) -> Failure {
+    let status = response.status();
+    Failure {
+        error: download_error(
+            url,
+            Some(status.as_u16()),
+            format!("HTTP status {status}"),
+            None,
+        ),
+        retryable: status.is_server_error() || matches!(status.as_u16(), 416 | 429),
+        retry_after: header(response, "retry-after").and_then(parse_retry_after),
+    }
+}
+
+/// A body shorter (or longer) than announced is retried: the next attempt may resume.
+fn check_length(
+    url: &str,
+    expected: Option<u64>,
+    written: u64,
+) -> std::result::Result<(), Failure> {
+    match expected.filter(|&e| e != written) {
+        Some(expected) => Err(Failure {
+            error: download_error(
+                url,
+                None,
+                format!("the body has {written} bytes but Content-Length says {expected}"),
+                None,
+            ),
+            retryable: true,
+            retry_after: None,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The writer to append the body to: the partial file as it is when resuming (`start` > 0),
+/// else an empty one. Records the validator of the bytes about to be written.
+fn prepare_partial<'a>(
+    partial: &'a mut Option<Partial>,
+    dir: &Path,
+    url: &str,
+    options: &FetchOptions<'_>,
+    start: u64,
+    validator: Option<Validator>,
+) -> std::result::Result<&'a mut HashingWriter, Failure> {
+    let fresh = match partial.take() {
+        Some(p) if start > 0 => p,
+        Some(mut p) => {
+            p.writer
+                .restart()
+                .at("truncate", p.writer.path())
+                .map_err(Failure::fatal)?;
+            p
+        }
+        None => {
+            Partial::create(dir, options.max_size, options.resumable).map_err(Failure::fatal)?
+        }
+    };
+    let partial = partial.insert(fresh);
+    // Resuming keeps the validator we sent (the server confirmed it by answering 206).
+    if start == 0 {
+        partial.set_validator(dir, url, validator);
+    }
+    Ok(&mut partial.writer)
+}
+
+/// A 206 must continue exactly where our file ends.
+fn check_content_range(
+    url: &str,
+    content_range: Option<&str>,
+    offset: u64,
+) -> std::result::Result<(), Failure> {
+    let first = content_range
+        .and_then(|v| v.trim().strip_prefix("bytes "))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(first, _)| first.trim().parse::<u64>().ok());
+    if first == Some(offset) {
+        return Ok(());
+    }
+    let reason = format!(
+        "asked for the bytes from {offset} on, got Content-Range {:?}",
+        content_range.unwrap_or("")
+    );
+    Err(Failure::fatal(download_error(url, Some(206), reason, None)))
+}
+
+/// Streams the body into `out`. A read error is retryable (the next attempt may resume).
+fn copy_body(
+    mut body: impl Read,
+    out: &mut HashingWriter,
+    progress: &ProgressBar,
+    url: &str,
+    expected: Option<u64>,
+) -> std::result::Result<(), Failure> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match body.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(err) => {
@@ -121,24 +276,24 @@ fn attempt_download(
                 });
             }
         };
-        out.write_all(&buf[..n])
-            .at("write", Path::new(dir))
-            .map_err(Failure::fatal)?;
+        if let Err(err) = out.write_all(&buf[..n]) {
+            let error = match exceeded_limit(&err) {
+                Some(limit) => too_large(url, limit, None),
+                None => Error::io("write", out.path().to_owned(), err),
+            };
+            return Err(Failure::fatal(error));
+        }
         progress.inc(n as u64);
     }
-    progress.finish_and_clear();
-    if let Some(expected) = expected.filter(|&e| e != out.written()) {
-        let reason = format!(
-            "the body has {} bytes but Content-Length says {expected}",
-            out.written()
-        );
-        return Err(Failure {
-            error: download_error(url, None, reason, None),
-            retryable: true,
-            retry_after: None,
-        });
-    }
-    Ok(out.finish())
+}
+
+/// The size-limit error; `announced` is a Content-Length over the limit.
+fn too_large(url: &str, limit: u64, announced: Option<u64>) -> Error {
+    let reason = match announced {
+        Some(total) => format!("{total} bytes announced, {}", too_large_reason(limit)),
+        None => too_large_reason(limit),
+    };
+    download_error(url, None, reason, None)
 }
 
 fn header<'a>(response: &'a ureq::http::Response<ureq::Body>, name: &str) -> Option<&'a str> {

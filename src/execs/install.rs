@@ -1,58 +1,67 @@
-//! The install protocol.
+//! The install protocol, in named steps.
 //!
-//! 1. Lock-free check: a marker naming an intact file means installed.
-//! 2. Otherwise take `<executables>/<hash>.lock` (flock; never deleted), check again: another
-//!    process may have installed it while we waited.
-//! 3. Remove staging debris of killed installers, fetch into a staging file (hashing), verify,
-//!    extract the member, chmod 0755 and fsync through the fd, close it, wait until no forked
-//!    child still holds a write fd (ETXTBSY), rename into place, fsync the directory.
-//! 4. Write the marker last (atomically). Readers never see a partial file: the lock only
-//!    saves duplicate downloads, the renames keep the cache correct.
+//! 1. `validate`: arguments checked and paths worked out before any request.
+//! 2. `check_installed`, lock-free: a marker naming an intact file (with the pinned sha256,
+//!    if one is pinned) means installed.
+//! 3. `install_under_lock`: take `<executables>/<hash>.lock` (see `id_lock`), check again:
+//!    another process may have installed it while we waited.
+//! 4. `fetch_and_publish`: remove staging debris of killed installers, fetch (resuming a
+//!    kept partial download, see `partial`), verify, extract the member or unpack the whole
+//!    tree, publish it (see `publish`), write the marker last (atomically). Readers never see
+//!    a partial file: the lock saves duplicate downloads and guards `.partial`; the renames
+//!    keep the cache correct. A failed first install removes its directory and lock file.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
-use tempfile::NamedTempFile;
+use super::fetch::{Source, fetch};
+use super::id_lock::IdLock;
+use super::layout::{executables_dir, find_installed, identifier_hash, lock_path};
+use super::marker::Marker;
+use super::publish::{publish_file, publish_tree};
+use super::staging::{FetchOptions, clean_staging};
+use super::{Executable, InstallPath, OnComplete, archive, parse_sha256};
+use crate::dirs;
+use crate::error::{Error, Result};
 
-use super::fetch::{FetchOptions, Source, fetch};
-use super::marker::{Marker, STAGING_PREFIX};
-use super::{Executable, InstallPath, archive, parse_sha256};
-use crate::dirs::{self, hex};
-use crate::error::{Error, IoContext, Result};
-use crate::lock::{FileLock, LockMode};
-use crate::sys;
-
-/// The subdirectory of the cache root that holds executables.
-const EXECUTABLES_DIR: &str = "executables";
-
-/// `<root>/executables`, absolute.
-pub(super) fn executables_dir(cache_root: Option<&Path>) -> Result<PathBuf> {
-    let root = cache_root.map_or_else(dirs::default_root, Path::to_path_buf);
-    let root = std::path::absolute(&root).at("resolve", &root)?;
-    Ok(root.join(EXECUTABLES_DIR))
-}
-
-/// The identifier's lock file: next to its directory, so removing the directory (gc) never
-/// removes a lock someone may hold.
-pub(super) fn lock_path(executables: &Path, hash: &str) -> PathBuf {
-    executables.join(format!("{hash}.lock"))
-}
-
-/// The installed file of `id_dir`, if the install there is complete and intact. Takes no
-/// lock. Fails if the directory is not safely ours (someone could have planted it).
-pub(super) fn find_installed(id_dir: &Path) -> Result<Option<(Marker, PathBuf)>> {
-    let Some(marker) = Marker::read(id_dir)? else {
-        return Ok(None);
-    };
-    let Some(path) = marker.installed_file(id_dir) else {
-        return Ok(None);
-    };
-    dirs::check_private(id_dir)?;
-    Ok(Some((marker, path)))
+/// One install, validated: everything the steps below need, nothing left to check.
+struct Plan {
+    source: String,
+    parsed: Source,
+    identifier: String,
+    expected: Option<String>,
+    member: Option<Vec<String>>,
+    file_name: String,
+    on_complete: Option<OnComplete>,
+    timeout: Duration,
+    retries: u32,
+    headers: Vec<(String, String)>,
+    max_size: Option<u64>,
+    whole_archive: bool,
+    force: bool,
+    offline: bool,
+    executables: PathBuf,
+    hash: String,
+    id_dir: PathBuf,
 }
 
 pub(super) fn install(exe: Executable) -> Result<InstallPath> {
+    let mut plan = validate(exe)?;
+    if let Some(path) = check_installed(&plan)? {
+        return Ok(InstallPath::new(path, plan.on_complete.take()));
+    }
+    if plan.offline {
+        return Err(Error::Offline {
+            identifier: plan.identifier,
+            source_name: plan.source,
+        });
+    }
+    let path = install_under_lock(&plan)?;
+    Ok(InstallPath::new(path, plan.on_complete.take()))
+}
+
+/// Step 1: checks the arguments (before any request) and works out the paths.
+fn validate(exe: Executable) -> Result<Plan> {
     let offline = exe.is_offline();
     let Executable {
         source,
@@ -67,6 +76,8 @@ pub(super) fn install(exe: Executable) -> Result<InstallPath> {
         force,
         cache_root,
         file_name,
+        max_size,
+        whole_archive,
     } = exe;
     if identifier.is_empty() {
         return Err(Error::InvalidInput(
@@ -79,123 +90,184 @@ pub(super) fn install(exe: Executable) -> Result<InstallPath> {
         .as_deref()
         .map(|m| archive::member_components(m, &source))
         .transpose()?;
-    let file_name = sanitize_file_name(
-        file_name
-            .or_else(|| member.as_ref().and_then(|m| m.last().cloned()))
-            .or_else(|| parsed.last_segment()),
-    );
-
+    let file_name = sanitize_file_name(file_name.or_else(|| match &member {
+        // The tree's directory: the archive's name without its extensions.
+        Some(_) if whole_archive => parsed.last_segment().map(|s| archive::stem(&s)),
+        Some(member) => member.last().cloned(),
+        None => parsed.last_segment(),
+    }));
     let executables = executables_dir(cache_root.as_deref())?;
-    let hash = hex(&Sha256::digest(identifier.as_bytes()));
+    let hash = identifier_hash(&identifier);
     let id_dir = executables.join(&hash);
-    // Offline means "only the cache", so it also overrides `force`.
-    if (!force || offline)
-        && let Some((_, path)) = find_installed(&id_dir)?
-    {
-        tracing::debug!("{identifier:?} is installed at {}", path.display());
-        return Ok(InstallPath::new(path, on_complete));
-    }
-    if offline {
-        return Err(Error::Offline {
-            identifier,
-            source_name: source,
-        });
-    }
-
-    dirs::prepare(&executables)?;
-    let _lock = FileLock::acquire(&lock_path(&executables, &hash), LockMode::Exclusive, None)?;
-    if !force && let Some((_, path)) = find_installed(&id_dir)? {
-        tracing::debug!("{identifier:?} was installed by another process");
-        return Ok(InstallPath::new(path, on_complete));
-    }
-    // Under the lock: gc may have removed the directory since any earlier check.
-    dirs::prepare(&id_dir)?;
-    clean_staging(&id_dir);
-
-    let options = FetchOptions {
+    Ok(Plan {
+        source,
+        parsed,
+        identifier,
+        expected,
+        member,
+        file_name,
+        on_complete,
         timeout,
         retries,
-        headers: &headers,
+        headers,
+        max_size,
+        whole_archive,
+        force,
+        offline,
+        executables,
+        hash,
+        id_dir,
+    })
+}
+
+/// Step 2, without a lock: the installed path, if the identifier is installed and the plan
+/// does not ask for a reinstall.
+fn check_installed(plan: &Plan) -> Result<Option<PathBuf>> {
+    // Offline means "only the cache", so it also overrides `force`.
+    if plan.force && !plan.offline {
+        return Ok(None);
+    }
+    let found = find_current(plan)?;
+    if let Some(path) = &found {
+        tracing::debug!("{:?} is installed at {}", plan.identifier, path.display());
+    }
+    Ok(found)
+}
+
+/// The installed file, unless there is none or its bytes are not the pinned ones: a caller
+/// who now pins another sha256 gets those bytes, not what an earlier call installed (as
+/// pooch re-downloads when the hash differs).
+fn find_current(plan: &Plan) -> Result<Option<PathBuf>> {
+    let Some((marker, path)) = find_installed(&plan.id_dir)? else {
+        return Ok(None);
     };
-    let fetched = fetch(&parsed, &id_dir, &options)?;
-    if let Some(expected) = expected.filter(|e| *e != fetched.sha256) {
+    if let Some(expected) = plan.expected.as_ref().filter(|e| **e != marker.sha256) {
+        tracing::info!(
+            "{:?} is installed with sha256 {}, but {expected} is pinned: reinstalling",
+            plan.identifier,
+            marker.sha256
+        );
+        return Ok(None);
+    }
+    Ok(Some(path))
+}
+
+/// Step 3: takes the identifier's lock, checks again (another process may have installed it
+/// while we waited), then fetches, verifies and publishes.
+fn install_under_lock(plan: &Plan) -> Result<PathBuf> {
+    dirs::prepare(&plan.executables)?;
+    let lock = IdLock::acquire(&lock_path(&plan.executables, &plan.hash))?;
+    if !plan.force
+        && let Some(path) = find_current(plan)?
+    {
+        tracing::debug!("{:?} was installed by another process", plan.identifier);
+        return Ok(path);
+    }
+    // Under the lock: gc may have removed the directory since any earlier check.
+    dirs::prepare(&plan.id_dir)?;
+    clean_staging(&plan.id_dir);
+    let result = fetch_and_publish(plan, lock.is_exclusive());
+    // A failed first install leaves no empty directory and no lock file behind. `remove_dir`
+    // only removes an empty one: an earlier install or a kept partial download stays.
+    if result.is_err() && std::fs::remove_dir(&plan.id_dir).is_ok() {
+        lock.remove();
+    }
+    result
+}
+
+/// Step 4 (under the lock): fetch, verify, extract, publish, write the marker.
+fn fetch_and_publish(plan: &Plan, exclusive: bool) -> Result<PathBuf> {
+    let id_dir = &plan.id_dir;
+    let options = FetchOptions {
+        timeout: plan.timeout,
+        retries: plan.retries,
+        headers: &plan.headers,
+        max_size: plan.max_size,
+        resumable: exclusive,
+    };
+    let fetched = fetch(&plan.parsed, id_dir, &options)?;
+    if let Some(expected) = plan.expected.as_ref().filter(|e| **e != fetched.sha256) {
         return Err(Error::ChecksumMismatch {
-            source_name: source,
-            expected,
+            source_name: plan.source.clone(),
+            expected: expected.clone(),
             actual: fetched.sha256,
         });
     }
-    let staged = match &member {
-        Some(member) => archive::extract(fetched.file.path(), member, &id_dir, &source)?,
-        None => fetched.file,
+    let target = id_dir.join(&plan.file_name);
+    let published = match (&plan.member, plan.whole_archive) {
+        (None, _) => {
+            refuse_archive(plan, fetched.file.path())?;
+            publish_file(fetched.file, &target, id_dir)?
+        }
+        (Some(member), false) => {
+            let staged = archive::extract(fetched.file.path(), member, id_dir, &plan.source)?;
+            publish_file(staged, &target, id_dir)?
+        }
+        (Some(member), true) => {
+            let tree = archive::extract_tree(fetched.file.path(), member, id_dir, &plan.source)?;
+            publish_tree(tree, member, &target, id_dir)?
+        }
     };
-    let target = id_dir.join(&file_name);
-    let size = publish(staged, &target, &id_dir)?;
+    let member = plan
+        .member
+        .as_ref()
+        .filter(|_| plan.whole_archive)
+        .map(|m| m.join("/"));
+    let path = member
+        .iter()
+        .flat_map(|m| m.split('/'))
+        .fold(target, |path, part| path.join(part));
 
-    let previous = Marker::read(&id_dir).ok().flatten();
+    let previous = Marker::read(id_dir).ok().flatten();
     let marker = Marker {
-        identifier,
-        source,
+        identifier: plan.identifier.clone(),
+        source: plan.source.clone(),
         sha256: fetched.sha256,
-        file_name,
-        size,
+        file_name: plan.file_name.clone(),
+        size: published.size,
         installed_at: SystemTime::now(),
+        member,
     };
-    marker.write(&id_dir)?;
+    marker.write(id_dir)?;
+    // What the new install replaced: no longer referenced now that the marker is written.
+    if let Some(aside) = published.replaced {
+        remove_path(&aside);
+    }
     if let Some(previous) = previous.filter(|p| p.file_name != marker.file_name) {
-        // A forced reinstall under another name: the old file is no longer referenced.
-        let _ = std::fs::remove_file(id_dir.join(previous.file_name));
+        remove_path(&id_dir.join(previous.file_name));
     }
     tracing::info!(
         "installed {:?} from {} at {}",
         marker.identifier,
         marker.source,
-        target.display()
+        path.display()
     );
-    Ok(InstallPath::new(target, on_complete))
+    Ok(path)
 }
 
-/// Makes the staged file executable, durable and closed, then renames it to `target`.
-fn publish(staged: NamedTempFile, target: &Path, dir: &Path) -> Result<u64> {
-    let file = staged.as_file();
-    sys::make_executable(file).at("make executable", staged.path())?;
-    file.sync_all().at("sync", staged.path())?;
-    let size = file.metadata().at("inspect", staged.path())?.len();
-    // Closes our write fd: an executable must not be published while one is open (ETXTBSY).
-    let staged = staged.into_temp_path();
-    // Children forked by other threads while it was open hold copies until they exec.
-    sys::wait_until_no_writers(&staged);
-    staged
-        .persist(target)
-        .map_err(|e| e.error)
-        .at("rename into place", target)?;
-    sys::sync_dir(dir).at("sync", dir)?;
-    Ok(size)
-}
-
-/// Removes what killed installers left behind. Only called under the identifier's lock, so
-/// no live installer is writing these (unless the file system cannot lock; then its rename
-/// fails and it reports an error, but no partial file is ever published).
-fn clean_staging(id_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(id_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(STAGING_PREFIX) || name.starts_with(dirs::WRITE_PROBE_PREFIX) {
-            tracing::debug!("removing staging debris {}", entry.path().display());
-            let _ = std::fs::remove_file(entry.path());
-        }
+/// An archive fetched without a member to install is an error that lists its files (an
+/// archive is not an executable; installing it with the exec bit helped no one).
+fn refuse_archive(plan: &Plan, file: &Path) -> Result<()> {
+    match archive::members(file, &plan.source)? {
+        Some(names) => Err(archive::no_member_chosen(&plan.source, &names)),
+        None if plan.whole_archive => Err(Error::InvalidInput(format!(
+            "whole_archive: {} is not an archive",
+            plan.source
+        ))),
+        None => Ok(()),
     }
 }
 
-/// A single, visible file name component.
-pub(super) fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && !name.contains(['/', '\\', '\0'])
-        && !name.chars().any(char::is_control)
+/// Removes a replaced file or tree (best effort: the next install's cleanup or gc retries).
+fn remove_path(path: &Path) {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => return,
+    };
+    if let Err(err) = removed {
+        tracing::warn!("cannot remove {}: {err}", path.display());
+    }
 }
 
 /// Turns a wished-for name into a plain one: separators and control characters become `_`,
@@ -224,6 +296,7 @@ fn sanitize_file_name(name: Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::execs::marker::is_plain_name;
 
     #[test]
     fn file_names_are_plain() {

@@ -27,6 +27,10 @@ pub(crate) struct Marker {
     pub(super) file_name: String,
     pub(super) size: u64,
     pub(super) installed_at: SystemTime,
+    /// For a whole archive: `file` is the unpacked tree and this the executable's path in it
+    /// (`/`-separated plain names). Encoded as an optional last line, so markers without it
+    /// read as before.
+    pub(super) member: Option<String>,
 }
 
 impl Marker {
@@ -56,7 +60,10 @@ impl Marker {
 
     /// The installed file, if it is still there, executable, and of the recorded size.
     pub(super) fn installed_file(&self, dir: &Path) -> Option<PathBuf> {
-        let path = dir.join(&self.file_name);
+        let mut path = dir.join(&self.file_name);
+        for part in self.member.iter().flat_map(|m| m.split('/')) {
+            path.push(part);
+        }
         let meta = std::fs::symlink_metadata(&path).ok()?;
         let intact = meta.is_file() && meta.len() == self.size && sys::is_executable(&meta);
         intact.then_some(path)
@@ -74,8 +81,12 @@ impl Marker {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
+        let member = self
+            .member
+            .as_ref()
+            .map_or(String::new(), |m| format!("member={}\n", escape(m)));
         format!(
-            "{HEADER}\nidentifier={}\nsource={}\nsha256={}\nfile={}\nsize={}\ninstalled={secs}\n",
+            "{HEADER}\nidentifier={}\nsource={}\nsha256={}\nfile={}\nsize={}\ninstalled={secs}\n{member}",
             escape(&self.identifier),
             escape(&self.source),
             self.sha256,
@@ -99,8 +110,12 @@ impl Marker {
         let file_name = field("file")?;
         let size = field("size")?.parse().ok()?;
         let secs: u64 = field("installed")?.parse().ok()?;
+        let member = match lines.next() {
+            None | Some("") => None,
+            Some(line) => Some(unescape(line.strip_prefix("member=")?)),
+        };
         // The file name must be a plain name: a marker must not point outside its directory.
-        if !super::install::is_plain_name(&file_name) {
+        if !is_plain_name(&file_name) || !member.as_deref().is_none_or(is_relative_path) {
             return None;
         }
         Some(Marker {
@@ -111,8 +126,26 @@ impl Marker {
             size,
             // checked: `SystemTime + Duration` panics past the platform's range.
             installed_at: UNIX_EPOCH.checked_add(Duration::from_secs(secs))?,
+            member,
         })
     }
+}
+
+/// A single, visible file name component.
+pub(super) fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control)
+}
+
+/// `a/b/c` made of names that stay where they are (no `.`, `..`, empty part or `\\`).
+fn is_relative_path(path: &str) -> bool {
+    path.split('/').all(|part| {
+        !matches!(part, "" | "." | "..")
+            && !part.contains(['\\', '\0'])
+            && !part.chars().any(char::is_control)
+    })
 }
 
 /// Keeps every value on one line.
@@ -153,8 +186,24 @@ mod tests {
             file_name: "tool".into(),
             size: 42,
             installed_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            member: None,
         };
-        assert_eq!(Marker::decode(&marker.encode()), Some(marker));
+        assert_eq!(Marker::decode(&marker.encode()), Some(marker.clone()));
+        let tree = Marker {
+            member: Some("tool-1.2/bin/tool".into()),
+            ..marker
+        };
+        assert_eq!(Marker::decode(&tree.encode()), Some(tree));
+    }
+
+    #[test]
+    fn rejects_a_member_that_climbs() {
+        for member in ["../x", "a/../../x", "/etc/passwd", "a//b", r"a\\..\\b"] {
+            let text = format!(
+                "{HEADER}\nidentifier=a\nsource=b\nsha256=c\nfile=x\nsize=1\ninstalled=1\nmember={member}\n"
+            );
+            assert_eq!(Marker::decode(&text), None, "{member}");
+        }
     }
 
     /// Regression: `installed=` past what SystemTime can hold panicked (overflow when

@@ -42,16 +42,24 @@ mod fetch;
 mod gc;
 #[cfg(feature = "download")]
 mod http;
+mod id_lock;
 mod install;
 mod install_path;
+mod layout;
 pub(crate) mod marker;
+#[cfg(feature = "download")]
+mod partial;
+mod publish;
+mod staging;
+#[cfg(feature = "download")]
+mod tree;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-pub use gc::{Gc, Installed, installed};
+pub use gc::{Gc, Installed, installed, uninstall};
 pub use install_path::InstallPath;
 
 /// Environment variable that turns on offline mode (`1`, `true` or `yes`) for every install
@@ -91,6 +99,8 @@ pub struct Executable {
     force: bool,
     cache_root: Option<PathBuf>,
     file_name: Option<String>,
+    max_size: Option<u64>,
+    whole_archive: bool,
 }
 
 impl std::fmt::Debug for Executable {
@@ -110,6 +120,8 @@ impl std::fmt::Debug for Executable {
             .field("force", &self.force)
             .field("cache_root", &self.cache_root)
             .field("file_name", &self.file_name)
+            .field("max_size", &self.max_size)
+            .field("whole_archive", &self.whole_archive)
             .finish()
     }
 }
@@ -117,7 +129,7 @@ impl std::fmt::Debug for Executable {
 impl Executable {
     /// An install of `source` (URL or path) under `identifier`. The identifier is the cache
     /// key: put the version in it (`"tool-1.2"`), since a new source under an installed
-    /// identifier is not downloaded again.
+    /// identifier is not downloaded again (unless its pinned [`sha256`](Self::sha256) differs).
     pub fn new(source: impl Into<String>, identifier: impl Into<String>) -> Self {
         Executable {
             source: source.into(),
@@ -132,20 +144,38 @@ impl Executable {
             force: false,
             cache_root: None,
             file_name: None,
+            max_size: None,
+            whole_archive: false,
         }
     }
 
     /// The expected SHA-256 of the downloaded (or copied) bytes, as 64 hex digits; for an
     /// archive, of the archive. A mismatch is [`Error::ChecksumMismatch`] and installs nothing.
+    /// If the identifier is installed with other bytes, they are downloaded again (a pin
+    /// always gets the pinned bytes, as in pooch).
     pub fn sha256(mut self, hex: impl Into<String>) -> Self {
         self.sha256 = Some(hex.into());
         self
     }
 
-    /// Installs this member (`"bin/tool"`) of a `.tar.gz`/`.tgz`/`.tar.xz`/`.tar`/`.zip`
-    /// source instead of the source itself. The format is recognized from the content.
+    /// Installs this member (`"bin/tool"`) of a `.tar.gz`/`.tgz`/`.tar.xz`/`.tar.zst`/`.tar`/
+    /// `.zip` source instead of the source itself (with [`whole_archive`](Self::whole_archive):
+    /// the path returned inside the unpacked tree). The format is recognized from the
+    /// content. An archive without a member chosen is an error that lists its files; a
+    /// missing member, one that names the closest ones.
     pub fn archive_member(mut self, member: impl Into<String>) -> Self {
         self.archive_member = Some(member.into());
+        self
+    }
+
+    /// Installs the archive's whole tree (a toolchain's `bin/` next to its `lib/`) and
+    /// returns the path of [`archive_member`](Self::archive_member) inside it. The tree goes
+    /// to `<identifier dir>/<name>/`, `<name>` being [`file_name`](Self::file_name) or the
+    /// archive's name without its extensions. Entries that are absolute or climb with `..`,
+    /// hard links, special files and symbolic links that point outside the tree are refused
+    /// (the whole install fails); nothing is ever written through a link.
+    pub fn whole_archive(mut self, whole: bool) -> Self {
+        self.whole_archive = whole;
         self
     }
 
@@ -200,6 +230,14 @@ impl Executable {
     /// are replaced: the name never leaves the identifier's directory.
     pub fn file_name(mut self, name: impl Into<String>) -> Self {
         self.file_name = Some(name.into());
+        self
+    }
+
+    /// Refuses a download or copy of more than `bytes` bytes (default: no limit): a larger
+    /// Content-Length fails before the body is read, and a body or file that grows past the
+    /// limit (an endless stream, `/dev/zero`) is cut off there. Nothing is installed then.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
         self
     }
 

@@ -325,3 +325,25 @@ pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<us
 pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
 }
+
+/// Creates the symbolic link `link` pointing to `target` (execs: links inside an unpacked
+/// archive tree).
+#[cfg_attr(not(feature = "download"), allow(dead_code))]
+pub(crate) fn create_symlink(target: &Path, link: &Path) -> io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}
+
+/// Whether `path` still names the open `file` (execs: a lock file removed and created again
+/// while we waited for its lock). `false` if `path` is gone.
+pub(crate) fn same_file(file: &File, path: &Path) -> io::Result<bool> {
+    let open = file.metadata()?;
+    match fs::metadata(path) {
+        Ok(named) => Ok(open.dev() == named.dev() && open.ino() == named.ino()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether execs may remove an identifier's lock file (under its lock): yes where a removed
+/// file stays lockable by whoever has it open, and [`same_file`] tells them.
+pub(crate) const CAN_REMOVE_LOCK_FILES: bool = true;

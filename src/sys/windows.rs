@@ -113,3 +113,26 @@ pub(crate) fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::
     }
     Ok(())
 }
+
+/// Symbolic links need privileges on Windows and must say whether they point to a file or
+/// a directory, which an archive entry does not tell: not supported.
+#[cfg_attr(not(feature = "download"), allow(dead_code))]
+pub(crate) fn create_symlink(_target: &Path, link: &Path) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "cannot create the symbolic link {} on Windows",
+            link.display()
+        ),
+    ))
+}
+
+/// Without a stable file id in std, we cannot tell; lock files are never removed here (see
+/// [`CAN_REMOVE_LOCK_FILES`]), so the file at the path is the one we opened.
+pub(crate) fn same_file(_file: &File, _path: &Path) -> io::Result<bool> {
+    Ok(true)
+}
+
+/// A file removed while others have it open lingers as "delete pending" on Windows and
+/// cannot be opened: an installer would fail instead of waiting. Lock files stay.
+pub(crate) const CAN_REMOVE_LOCK_FILES: bool = false;

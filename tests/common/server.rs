@@ -24,6 +24,10 @@ pub struct Reply {
     /// a slow download, so a client can be killed in the middle of it.
     pub chunk: usize,
     pub pause: Duration,
+    /// Send this many body bytes, then close the connection (a cut download).
+    pub cut_after: Option<usize>,
+    /// No Content-Length; send the body again and again until the client goes away.
+    pub endless: bool,
 }
 
 impl Reply {
@@ -46,6 +50,51 @@ impl Reply {
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
         self
+    }
+
+    /// `body`, version `etag`, answering Range requests the way a file server does: a 206 with
+    /// the rest of the body for `Range: bytes=N-` (unless an If-Range names another version),
+    /// else a 200 with all of it. Always advertises `Accept-Ranges: bytes` and the ETag.
+    pub fn ranged(body: &[u8], etag: &str, request: &Received) -> Self {
+        let etag = format!("\"{etag}\"");
+        let same_version = request.header("if-range").is_none_or(|v| v == etag);
+        let start = request
+            .header("range")
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| same_version && n < body.len());
+        let reply = match start {
+            Some(n) => Reply {
+                status: 206,
+                body: body[n..].to_vec(),
+                ..Reply::default()
+            }
+            .header(
+                "Content-Range",
+                &format!("bytes {n}-{}/{}", body.len() - 1, body.len()),
+            ),
+            None => Reply::ok(body),
+        };
+        reply.header("Accept-Ranges", "bytes").header("ETag", &etag)
+    }
+
+    /// Sends `n` body bytes, then closes the connection.
+    pub fn cut_after(self, n: usize) -> Self {
+        Reply {
+            cut_after: Some(n),
+            ..self
+        }
+    }
+}
+
+impl Received {
+    /// The value of header `name` (case-insensitive), if sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+        })
     }
 }
 
@@ -172,10 +221,10 @@ fn serve(
 
     let mut stream = stream;
     let length = reply.content_length.unwrap_or(reply.body.len());
-    let mut head = format!(
-        "HTTP/1.1 {} X\r\nContent-Length: {length}\r\nConnection: close\r\n",
-        reply.status
-    );
+    let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status);
+    if !reply.endless {
+        head.push_str(&format!("Content-Length: {length}\r\n"));
+    }
     for (name, value) in &reply.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -184,8 +233,14 @@ fn serve(
         return;
     }
     std::thread::sleep(reply.delay);
+    if reply.endless {
+        // Until the client hangs up (or the server stops).
+        while !stop.load(Ordering::SeqCst) && stream.write_all(&reply.body).is_ok() {}
+        return;
+    }
     let sent = reply
         .stall_after
+        .or(reply.cut_after)
         .unwrap_or(reply.body.len())
         .min(reply.body.len());
     let piece_len = if reply.chunk == 0 {
