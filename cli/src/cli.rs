@@ -86,44 +86,84 @@ const RUN_EXAMPLES: &str = "\
 Examples:
   concurio run -- make --version                      # cached for 1 minute (the default TTL)
   concurio run --ttl 1h --cwd -- git log -1            # the working directory is part of the key
-  concurio run --ttl 10m --stale 1h -- ./slow-report   # serve stale output at once, refresh behind
+  concurio run --ttl 10m --stale 10s -- ./report       # older than 10s: replay at once, refresh behind
+  concurio run --ttl 1h --modtime .git/FETCH_HEAD -- git log origin/main -1
+  concurio run --warm -- ./report                      # refresh in the background, print nothing
   concurio run --key weather --ttl 30m -- curl -s wttr.in
-  concurio run --discard-failures -- ./flaky-probe     # only successes are cached
+  concurio run --discard-failures -- ./flaky-probe     # failures are never stored nor replayed
 
-The key is a SHA-256 of the argv (plus the working directory with --cwd, plus the values of the
---env variables), unless --key names it. Replays write the recorded stdout and stderr byte for
-byte (each in one piece, so their interleaving is not kept) and exit with the recorded status;
-a command killed by signal N exits 128+N. If CMD cannot be started, concurio prints one error
-line and exits 127 (not found) or 126 (not executable); nothing is cached then.";
+--ttl and --stale mean what they mean in bkt. The TTL is the caller's: a result stored by
+`--ttl 1s` is fresh for a later `--ttl 1h` call: a result stays on disk for at least a day
+(--keep), longer than its TTL, so that callers with longer TTLs can use it. Before --stale took bkt's meaning it was a window after the TTL:
+the old `--ttl 10m --stale 1h` is now `--ttl 1h10m --stale 10m`.
+
+The key is a SHA-256 of the argv, the --scope, the working directory (--cwd), the values of the
+--env variables that are set, and the modification times of the --modtime files, unless --key
+names it (--scope and --modtime still apply). Replays write the recorded stdout and stderr byte
+for byte (each in one piece, so their interleaving is not kept) and exit with the recorded
+status; a command killed by signal N exits 128+N. If CMD cannot be started, concurio prints one
+error line and exits 127 (not found) or 126 (not executable); nothing is cached then. If the
+result cannot be stored (disk full), concurio warns and exits with the command's status.
+
+Environment: CONCURIO_TTL, CONCURIO_STALE, CONCURIO_SCOPE, CONCURIO_UNCACHED_FALLBACK set the
+defaults of the options of the same name; CONCURIO_CACHE_DIR (or DBX_CONCURIO_CACHE_DIR) replaces
+the temp dir as the base of the default cache (a relative path is taken from the current
+directory); CONCURIO_LOG is a log filter (e.g. debug).";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// How long a result is replayed (30s, 10m, 1h, 2d; a bare number is seconds).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration::parse)]
+    /// How old a stored result may be for this call to replay it (30s, 10m, 1h, 2d; a bare
+    /// number is seconds).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "CONCURIO_TTL",
+        default_value = "60s",
+        value_parser = duration::parse
+    )]
     pub ttl: Duration,
-    /// Past the TTL, keep replaying the old result for this long while a background
-    /// `concurio run` refreshes it (the caller does not wait).
+    /// How long a result stays on disk for callers with longer TTLs; `cache purge` removes
+    /// it after that [default: the TTL, at least 1d; never shorter than the TTL].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub keep: Option<Duration>,
+    /// Shorter than --ttl: a result older than this is replayed at once and refreshed in
+    /// the background (as in bkt).
+    #[arg(long, value_name = "DURATION", env = "CONCURIO_STALE", value_parser = duration::parse)]
     pub stale: Option<Duration>,
+    /// Run the command in the background to refresh its stored result, and return at once
+    /// with no output (as in bkt).
+    #[arg(long, conflicts_with = "force")]
+    pub warm: bool,
     /// Run the command even if a fresh result exists, and store the new result.
     #[arg(long)]
     pub force: bool,
-    /// Do not cache results with a non-zero exit status (or killed by a signal).
+    /// Never store nor replay a result with a non-zero exit status (or killed by a signal).
     #[arg(long)]
     pub discard_failures: bool,
     /// Name the cache entry yourself instead of hashing the command line.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["cwd", "env", "modtime"])]
     pub key: Option<String>,
+    /// Keep this call's results apart from calls with another scope (or none).
+    #[arg(long, value_name = "NAME", env = "CONCURIO_SCOPE")]
+    pub scope: Option<String>,
     /// Make the current working directory part of the key.
     #[arg(long)]
     pub cwd: bool,
     /// Make the value of environment variable NAME part of the key (repeatable).
     #[arg(long = "env", value_name = "NAME")]
     pub env: Vec<String>,
+    /// Make the modification time of PATH part of the key (repeatable; a missing file counts
+    /// as "missing"), e.g. --modtime .git/FETCH_HEAD.
+    #[arg(long, value_name = "PATH")]
+    pub modtime: Vec<PathBuf>,
     /// Pass our stdin to the command when it runs (default: /dev/null). stdin is not part of
     /// the key, and a replay does not read it.
     #[arg(long)]
     pub stdin: bool,
+    /// If no cache can be used (unusable directory), warn and run the command uncached
+    /// instead of failing.
+    #[arg(long, env = "CONCURIO_UNCACHED_FALLBACK")]
+    pub uncached_fallback: bool,
     /// Internal: the background refresh started by --stale.
     #[arg(long, hide = true)]
     pub refresh: bool,

@@ -95,7 +95,7 @@ fn dir_and_name_pick_the_cache() {
 fn prune_and_purge_remove_expired_entries() {
     let sb = Sandbox::new();
     sb.ok(&run_args(
-        &["--ttl", "1s", "--key", "short"],
+        &["--ttl", "1s", "--keep", "1s", "--key", "short"],
         &counted("echo a"),
     ));
     sb.ok(&run_args(
