@@ -14,7 +14,9 @@ Examples:
   concurio install https://example.com/tool.tar.gz --id tool-1.2 --member bin/tool
   concurio cache stats --json
 
-Caches and executables live under $DBX_CONCURIO_CACHE_DIR (default: the temp dir) in dbx_concurio/.
+Caches and executables live in dbx_concurio/ under $CONCURIO_CACHE_DIR (or $DBX_CONCURIO_CACHE_DIR;
+a relative path is taken from the current directory; default: the temp dir), or in
+dbx_concurio-<uid>/ when another user owns dbx_concurio/. `concurio cache path` prints where.
 Exit status: 0 on success, 1 on errors, 2 on usage errors; `run` and `exec` exit with the command's status.";
 
 /// Memoize commands across processes, install verified tools, inspect disk caches.
@@ -72,7 +74,7 @@ pub struct CacheLocation {
     /// Cache directory. With --name the cache is DIR/NAME; alone, DIR itself.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Cache name under the default root ($DBX_CONCURIO_CACHE_DIR or the temp dir, then
+    /// Cache name under the default root ($CONCURIO_CACHE_DIR or the temp dir, then
     /// dbx_concurio/), or under --dir. Default without --dir: `run`, the cache of `concurio run`.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -162,7 +164,11 @@ pub struct RunArgs {
     pub stdin: bool,
     /// If no cache can be used (unusable directory), warn and run the command uncached
     /// instead of failing.
-    #[arg(long, env = "CONCURIO_UNCACHED_FALLBACK")]
+    #[arg(
+        long,
+        env = "CONCURIO_UNCACHED_FALLBACK",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub uncached_fallback: bool,
     /// Internal: the background refresh started by --stale.
     #[arg(long, hide = true)]
@@ -241,7 +247,9 @@ pub struct ExecArgs {
 
 const CACHE_EXAMPLES: &str = "\
 Examples:
-  concurio cache list                       # the cache of `concurio run`
+  concurio cache list                       # the cache of `concurio run`: commands, sizes
+  concurio cache path                       # where it lives
+  concurio cache clear --dry-run            # what would be removed
   concurio cache list --dir /some/dir --name my_cache --json
   concurio cache get greeting --name my_cache
   concurio cache prune --older-than 30d     # expired entries; executables installed 30+ days ago
@@ -266,9 +274,15 @@ pub enum CacheCommand {
     Delete {
         /// The key.
         key: String,
+        /// Only say whether it would be deleted.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         opts: CacheOpts,
     },
+    /// Print the cache's directory (where it lives; nothing is created).
+    #[command(after_help = CACHE_EXAMPLES)]
+    Path(CacheOpts),
     /// Directory, entries, expired entries, bytes on disk, size limit, lock files, and the
     /// hit/miss/eviction counters shared by all processes.
     #[command(after_help = CACHE_EXAMPLES)]
@@ -286,7 +300,13 @@ pub enum CacheCommand {
     },
     /// Remove every entry. Asks no question (safe in scripts); prints how many were removed.
     #[command(after_help = CACHE_EXAMPLES)]
-    Clear(CacheOpts),
+    Clear {
+        /// Only say how many entries (and bytes) would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        opts: CacheOpts,
+    },
     /// Verify every entry and value file; remove damaged entries and debris (orphan value
     /// files, temp files of interrupted writes, foreign lock files older than a minute).
     #[command(after_help = CACHE_EXAMPLES)]
@@ -303,6 +323,18 @@ pub struct CacheOpts {
 }
 
 impl CacheLocation {
+    /// Where the chosen cache lives (what [`open`](Self::open) opens), without creating it.
+    pub fn path(&self) -> PathBuf {
+        let name = self.name.as_deref();
+        match &self.dir {
+            Some(dir) => {
+                let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+                name.map_or_else(|| dir.clone(), |name| dir.join(name))
+            }
+            None => dbx_concurio::default_root().join(name.unwrap_or("run")),
+        }
+    }
+
     /// Opens the chosen cache: `DIR[/NAME]`, or `<default root>/NAME` (NAME defaults to
     /// `run`). An explicit `--dir` that cannot be used is an error, never a silent fallback to
     /// the temp dir (the library's default for programs).
