@@ -1,3 +1,4 @@
+#![cfg(unix)] // a second uid, modes and owners: Unix only
 //! Where `concurio` keeps its caches: the base directory from the environment, its errors,
 //! running uncached when no cache can be used, and a second user on a shared temp dir.
 
