@@ -90,10 +90,14 @@ fn try_main(cli: Cli) -> Outcome {
 }
 
 /// Every variable the CLI reads starts with `CONCURIO_`. The library reads
-/// `DBX_CONCURIO_CACHE_DIR` (its documented name), so `CONCURIO_CACHE_DIR`, when set, is
-/// handed to it under that name; the old name keeps working on its own.
+/// `DBX_CONCURIO_CACHE_DIR` and `DBX_CONCURIO_OFFLINE` (its documented names), so
+/// `CONCURIO_CACHE_DIR` and `CONCURIO_OFFLINE`, when set, are handed to it under those names;
+/// the old names keep working on their own.
 fn adopt_cli_environment() {
-    const ALIASES: [(&str, &str); 1] = [("CONCURIO_CACHE_DIR", dbx_concurio::CACHE_DIR_ENV)];
+    const ALIASES: [(&str, &str); 2] = [
+        ("CONCURIO_CACHE_DIR", dbx_concurio::CACHE_DIR_ENV),
+        ("CONCURIO_OFFLINE", dbx_concurio::execs::OFFLINE_ENV),
+    ];
     for (ours, library) in ALIASES {
         if let Some(value) = std::env::var_os(ours).filter(|v| !v.is_empty()) {
             // SAFETY: first thing in main, before any other thread exists or the

@@ -99,6 +99,29 @@ fn concurio_cache_dir_is_read_and_wins_over_the_library_name() {
     assert_eq!(sb.json(&["cache", "stats", "--json"])["entries"], 0);
 }
 
+#[test]
+fn concurio_offline_is_read_for_installs() {
+    let sb = Sandbox::new();
+    // Port 9 (discard) on loopback: without offline mode this is a connection error.
+    let args = [
+        "install",
+        "http://127.0.0.1:9/tool",
+        "--id",
+        "tool-1",
+        "--retries",
+        "0",
+    ];
+    let out = sb
+        .cmd()
+        .env("CONCURIO_OFFLINE", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("offline mode"), "{text}");
+}
+
 /// A directory everyone can use, like /tmp (sticky, world-writable), holding a copy of
 /// `concurio` that every user can run.
 struct SharedTmp {
