@@ -78,7 +78,8 @@ pub fn while_waiting<T>(
                 Err(mpsc::RecvTimeoutError::Timeout)
             );
             if timed_out && !started.load(Ordering::SeqCst) {
-                eprintln!("concurio: {}", waiting_message(cache_dir, key));
+                let message = waiting_message(cache_dir, key);
+                let _ = writeln!(std::io::stderr(), "concurio: {message}");
             }
         });
         let result = wait();

@@ -12,7 +12,7 @@ mod run;
 mod size;
 
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -60,7 +60,8 @@ fn main() -> ExitCode {
     match try_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("concurio: {failure}");
+            // Not eprintln!: it panics when stderr is a closed pipe (`2>&1 | head -c 10`).
+            let _ = writeln!(std::io::stderr(), "concurio: {failure}");
             ExitCode::from(failure.code)
         }
     }

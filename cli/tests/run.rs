@@ -228,6 +228,21 @@ fn a_command_that_cannot_start_is_one_error_line_and_127() {
 }
 
 #[test]
+fn an_error_into_a_closed_pipe_keeps_its_exit_status() {
+    let sb = Sandbox::new();
+    // stderr is a pipe whose reader is gone before concurio writes its error line.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = sb
+        .cmd()
+        .args(["run", "--ttl", "10m", "--stale", "1h", "--", "true"])
+        .stderr(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "panicked instead: {out:?}");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let sb = Sandbox::new();
     let cases: [&[&str]; 6] = [
