@@ -227,6 +227,72 @@ fn a_command_that_cannot_start_is_one_error_line_and_127() {
     assert_eq!(json["entries"], 0, "a failure to start is cached");
 }
 
+/// Reads `from` to its end on a thread, sending each "waiting for" line.
+fn notices(
+    from: impl BufRead + Send + 'static,
+) -> (mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in from.lines().map_while(Result::ok) {
+            if line.contains("waiting for") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    (rx, reader)
+}
+
+#[test]
+fn a_waiting_caller_on_a_terminal_says_whom_it_waits_for_without_v() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: `script` (util-linux), which gives a command a terminal, is missing");
+        return;
+    }
+    let sb = Sandbox::new();
+    let script = format!("echo x >> counter; touch started; {AWAIT_GO} echo done");
+    let argv = vec!["sh".to_owned(), "-c".to_owned(), script.clone()];
+    let holder = sb
+        .cmd()
+        .args(run_args(&[], &argv))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(30, || sb.path().join("started").exists().then_some(())).is_some());
+    // The waiter runs on a pseudo-terminal (stdout and stderr), without -v.
+    std::fs::write(
+        sb.path().join("waiter.sh"),
+        "exec \"$CONCURIO\" run -- sh -c \"$SCRIPT\"\n",
+    )
+    .unwrap();
+    let mut waiter = std::process::Command::new("script");
+    common::clean_env(&mut waiter);
+    let mut waiter = waiter
+        .args(["-qec", "sh waiter.sh", "/dev/null"])
+        .env("DBX_CONCURIO_CACHE_DIR", sb.path())
+        .env("CONCURIO", env!("CARGO_BIN_EXE_concurio"))
+        .env("SCRIPT", &script)
+        .current_dir(sb.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let terminal = BufReader::new(waiter.stdout.take().unwrap());
+    let (notices, reader) = notices(terminal);
+    let notice = notices.recv_timeout(Duration::from_secs(30));
+    std::fs::write(sb.path().join("go"), "").unwrap();
+    let notice = notice.expect("no notice on the terminal");
+    let expected = format!("concurio: waiting for pid {}: sh -c", holder.id());
+    assert!(notice.trim_end().starts_with(&expected), "{notice}");
+    assert!(holder.wait_with_output().unwrap().status.success());
+    assert!(waiter.wait().unwrap().success());
+    reader.join().unwrap();
+    assert_eq!(sb.runs(), 1);
+}
+
 #[test]
 fn an_error_into_a_closed_pipe_keeps_its_exit_status() {
     let sb = Sandbox::new();
@@ -479,20 +545,8 @@ fn a_waiting_caller_says_whom_it_waits_for() {
         .spawn()
         .unwrap();
     let stderr = BufReader::new(waiter.stderr.take().unwrap());
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in stderr.lines() {
-            let line = line.unwrap();
-            if line.contains("waiting for") {
-                let _ = tx.send(line.clone());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let notice = rx.recv_timeout(Duration::from_secs(30));
+    let (notices, reader) = notices(stderr);
+    let notice = notices.recv_timeout(Duration::from_secs(30));
     std::fs::write(sb.path().join("go"), "").unwrap();
     let expected = format!(
         "concurio: waiting for pid {}: sh -c 'echo x >> counter;",
