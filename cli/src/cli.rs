@@ -71,8 +71,9 @@ pub enum Command {
 /// Which cache: `--dir DIR` and/or `--name NAME`.
 #[derive(Debug, Clone, Args)]
 pub struct CacheLocation {
-    /// Cache directory. With --name the cache is DIR/NAME; alone, DIR itself.
-    #[arg(long, value_name = "DIR")]
+    /// Cache directory. With --name the cache is DIR/NAME; alone, DIR itself. (`--cache-dir`,
+    /// bkt's name, works too.)
+    #[arg(long, value_name = "DIR", alias = "cache-dir")]
     pub dir: Option<PathBuf>,
     /// Cache name under the default root ($CONCURIO_CACHE_DIR or the temp dir, then
     /// dbx_concurio/), or under --dir. Default without --dir: `run`, the cache of `concurio run`.
@@ -118,6 +119,7 @@ pub struct RunArgs {
     /// number is seconds).
     #[arg(
         long,
+        visible_alias = "time-to-live",
         value_name = "DURATION",
         env = "CONCURIO_TTL",
         default_value = "60s",
@@ -149,14 +151,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", env = "CONCURIO_SCOPE")]
     pub scope: Option<String>,
     /// Make the current working directory part of the key.
-    #[arg(long)]
+    #[arg(long, visible_alias = "use-working-dir")]
     pub cwd: bool,
     /// Make the value of environment variable NAME part of the key (repeatable).
-    #[arg(long = "env", value_name = "NAME")]
+    #[arg(long = "env", value_name = "NAME", visible_alias = "use-environment")]
     pub env: Vec<String>,
     /// Make the modification time of PATH part of the key (repeatable; a missing file counts
     /// as "missing"), e.g. --modtime .git/FETCH_HEAD.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", visible_alias = "use-file-modtime")]
     pub modtime: Vec<PathBuf>,
     /// Pass our stdin to the command when it runs (default: /dev/null). stdin is not part of
     /// the key, and a replay does not read it.

@@ -526,6 +526,25 @@ fn force() {
     assert_eq!(succeed(&mut dir.bkt(&[], &count(&file))), "2");
 }
 
+/// Not a bkt test: bkt's long option names (its visible aliases) work, so a command line
+/// moves between the tools unchanged.
+#[test]
+fn bkt_option_names() {
+    let dir = Dir::new();
+    let file = dir.file();
+    std::fs::write(dir.path("watch"), "").unwrap();
+    let flags = [
+        "--time-to-live=1m",
+        "--use-working-dir",
+        "--use-environment=HOME",
+        "--use-file-modtime=watch",
+        "--cache-dir=bkt-cache",
+    ];
+    assert_eq!(succeed(&mut dir.bkt(&flags, &count(&file))), "1");
+    assert_eq!(succeed(&mut dir.bkt(&flags, &count(&file))), "1");
+    assert!(dir.path("bkt-cache").is_dir());
+}
+
 #[test]
 fn concurrent_call_race() {
     let dir = Dir::new();
