@@ -109,7 +109,7 @@ error line and exits 127 (not found) or 126 (not executable); nothing is cached 
 result cannot be stored (disk full), concurio warns and exits with the command's status.
 
 Environment: CONCURIO_TTL, CONCURIO_STALE, CONCURIO_SCOPE, CONCURIO_UNCACHED_FALLBACK set the
-defaults of the options of the same name; CONCURIO_CACHE_DIR (or DBX_CONCURIO_CACHE_DIR) replaces
+defaults of the options of the same name (CONCURIO_STALE only where it is shorter than the TTL); CONCURIO_CACHE_DIR (or DBX_CONCURIO_CACHE_DIR) replaces
 the temp dir as the base of the default cache (a relative path is taken from the current
 directory); CONCURIO_LOG is a log filter (e.g. debug).";
 
@@ -131,8 +131,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub keep: Option<Duration>,
     /// Shorter than --ttl: a result older than this is replayed at once and refreshed in
-    /// the background (as in bkt).
-    #[arg(long, value_name = "DURATION", env = "CONCURIO_STALE", value_parser = duration::parse)]
+    /// the background (as in bkt). Default: $CONCURIO_STALE, where it is shorter than --ttl.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub stale: Option<Duration>,
     /// Run the command in the background to refresh its stored result, and return at once
     /// with no output (as in bkt).

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::capture::{Recorded, RunError, run_streaming};
 use crate::cli::RunArgs;
+use crate::duration;
 use crate::holder::{self, HolderNote};
 use crate::{Failure, Outcome};
 
@@ -34,8 +35,11 @@ const MIN_KEEP: Duration = Duration::from_secs(24 * 3600);
 const DISCARD_ATTEMPTS: usize = 3;
 
 /// Runs `concurio run`. `notice`: say on stderr whom we wait for when blocked.
-pub fn run(args: RunArgs, notice: bool) -> Outcome {
+pub fn run(mut args: RunArgs, notice: bool) -> Outcome {
     check_durations(&args)?;
+    if args.stale.is_none() {
+        args.stale = stale_from_env(args.ttl);
+    }
     let cache = match args.location.open() {
         Ok(cache) => cache,
         Err(e) if args.uncached_fallback => {
@@ -98,6 +102,25 @@ fn check_durations(args: &RunArgs) -> Result<(), Failure> {
             ),
         )),
         _ => Ok(()),
+    }
+}
+
+/// `CONCURIO_STALE`, if it is set, valid and shorter than `ttl`. A default from the
+/// environment that does not fit this call (a shorter --ttl) is ignored, not an error.
+fn stale_from_env(ttl: Duration) -> Option<Duration> {
+    let text = std::env::var("CONCURIO_STALE")
+        .ok()
+        .filter(|t| !t.is_empty())?;
+    match duration::parse(&text) {
+        Ok(stale) if !stale.is_zero() && stale < ttl => Some(stale),
+        Ok(_) => {
+            tracing::debug!("CONCURIO_STALE={text} is not shorter than --ttl: not used");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("ignoring CONCURIO_STALE={text:?}: {e}");
+            None
+        }
     }
 }
 

@@ -399,16 +399,25 @@ fn ttl_stale_and_scope_have_concurio_environment_defaults() {
     );
     assert_eq!(run(&[("CONCURIO_SCOPE", "a")]), "3\n");
     assert_eq!(sb.ok(&run_args(&["--scope", "a"], &argv)), "3\n");
-    let bad = sb
-        .cmd()
-        .args(run_args(&[], &argv))
-        .env("CONCURIO_STALE", "2m")
-        .output();
+    // CONCURIO_STALE where it is shorter than the TTL; ignored (not an error) where not.
+    let stale = |value: &str, ttl: &str| {
+        let mut cmd = sb.cmd();
+        cmd.args(run_args(&["--ttl", ttl, "--scope", "stale"], &argv))
+            .env("CONCURIO_STALE", value);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(stale("2m", "1m"), "4\n");
+    assert_eq!(stale("2m", "1m"), "4\n");
+    std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(
-        bad.unwrap().status.code(),
-        Some(2),
-        "CONCURIO_STALE=2m >= the 1m TTL"
+        stale("1s", "1m"),
+        "4\n",
+        "older than CONCURIO_STALE: replayed at once"
     );
+    let refreshed = eventually(10, || (stale("1s", "1m") == "5\n").then_some(()));
+    assert!(refreshed.is_some(), "CONCURIO_STALE=1s did not refresh");
 }
 
 #[test]
