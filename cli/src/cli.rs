@@ -89,7 +89,7 @@ const RUN_EXAMPLES: &str = "\
 Examples:
   concurio run -- make --version                      # cached for 1 minute (the default TTL)
   concurio run --ttl 1h --cwd -- git log -1            # the working directory is part of the key
-  concurio run --ttl 10m --stale 10s -- ./report       # older than 10s: replay at once, refresh behind
+  concurio run --ttl 10m --stale 10s -- ./report       # after 10s: replay, refresh behind
   concurio run --ttl 1h --modtime .git/FETCH_HEAD -- git log origin/main -1
   concurio run --warm -- ./report                      # refresh in the background, print nothing
   concurio run --key weather --ttl 30m -- curl -s wttr.in
@@ -97,21 +97,25 @@ Examples:
 
 --ttl and --stale mean what they mean in bkt. The TTL is the caller's: a result stored by
 `--ttl 1s` is fresh for a later `--ttl 1h` call: a result stays on disk for at least a day
-(--keep), longer than its TTL, so that callers with longer TTLs can use it. Before --stale took bkt's meaning it was a window after the TTL:
-the old `--ttl 10m --stale 1h` is now `--ttl 1h10m --stale 10m`.
+(--keep), longer than its TTL, so that callers with longer TTLs can use it. Before --stale took
+bkt's meaning it was a window after the TTL: the old `--ttl 10m --stale 1h` is now
+`--ttl 1h10m --stale 10m`.
 
 The key is a SHA-256 of the argv, the --scope, the working directory (--cwd), the values of the
 --env variables that are set, and the modification times of the --modtime files, unless --key
-names it (--scope and --modtime still apply). Replays write the recorded stdout and stderr byte
-for byte (each in one piece, so their interleaving is not kept) and exit with the recorded
-status; a command killed by signal N exits 128+N. If CMD cannot be started, concurio prints one
-error line and exits 127 (not found) or 126 (not executable); nothing is cached then. If the
-result cannot be stored (disk full), concurio warns and exits with the command's status.
+names it (then only --scope applies: --cwd, --env and --modtime do not go with --key). Replays
+write the recorded stdout and stderr byte for byte (each in one piece, so their interleaving is
+not kept) and exit with the recorded status; a command killed by signal N exits 128+N. If CMD
+cannot be started, concurio prints one error line and exits 127 (not found) or 126 (not
+executable); nothing is cached then. If the result cannot be stored (disk full), concurio warns
+and exits with the command's status. A caller waiting for another process's run of the same
+command says so after a second on a terminal, and with -v anywhere.
 
 Environment: CONCURIO_TTL, CONCURIO_STALE, CONCURIO_SCOPE, CONCURIO_UNCACHED_FALLBACK set the
-defaults of the options of the same name (CONCURIO_STALE only where it is shorter than the TTL); CONCURIO_CACHE_DIR (or DBX_CONCURIO_CACHE_DIR) replaces
-the temp dir as the base of the default cache (a relative path is taken from the current
-directory); CONCURIO_LOG is a log filter (e.g. debug).";
+defaults of the options of the same name (CONCURIO_STALE only where it is shorter than the TTL);
+CONCURIO_CACHE_DIR (or DBX_CONCURIO_CACHE_DIR) replaces the temp dir as the base of the default
+cache (a relative path is taken from the current directory); CONCURIO_LOG is a log filter (e.g.
+debug).";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
