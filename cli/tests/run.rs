@@ -311,9 +311,12 @@ fn an_error_into_a_closed_pipe_keeps_its_exit_status() {
 #[test]
 fn usage_errors_exit_2() {
     let sb = Sandbox::new();
-    let cases: [&[&str]; 6] = [
+    let cases: [&[&str]; 9] = [
         &[],
         &["run"],
+        &["run", "--key", "k", "--cwd", "--", "true"], // --key is the whole key
+        &["run", "--ttl", "0s", "--", "true"],
+        &["run", "--warm", "--force", "--", "true"],
         &["run", "--ttl", "soon", "--", "true"],
         &["frobnicate"],
         &["cache", "get"],
