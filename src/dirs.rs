@@ -5,9 +5,12 @@
 //! 3. nothing gives `<base>/dbx_concurio`;
 //! 4. then the optional `name` is appended, and everything is created.
 //!
-//! `<base>` is `$DBX_CONCURIO_CACHE_DIR` when set and non-empty, else [`std::env::temp_dir`].
-//! Directories under `<base>` are created mode 0700 and must be ours: a shared `/tmp` is a
-//! place where another user could plant a directory for us to install executables into.
+//! `<base>` is `$DBX_CONCURIO_CACHE_DIR` when set and non-empty (a relative path is taken from
+//! the current directory), else [`std::env::temp_dir`]. Directories under `<base>` are
+//! created mode 0700 and must be ours: a shared `/tmp` is a place where another user could
+//! plant a directory for us to install executables into. When `<base>/dbx_concurio` is not
+//! ours (the first user of a shared `/tmp` created it), the default root is the per-user
+//! `<base>/dbx_concurio-<uid>` instead, with a warning; it must be ours too.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -40,17 +43,41 @@ pub(crate) enum Location {
     Auto(PathBuf),
 }
 
-/// The base of every default location.
+/// The base of every default location: `$DBX_CONCURIO_CACHE_DIR` (absolute, against the
+/// current directory if it is relative), or the temp dir.
 pub fn base_dir() -> PathBuf {
-    match std::env::var_os(CACHE_DIR_ENV) {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => std::env::temp_dir(),
-    }
+    env_base().unwrap_or_else(std::env::temp_dir)
 }
 
-/// `<base>/dbx_concurio`: the default cache root, also the root of installed executables.
+/// `$DBX_CONCURIO_CACHE_DIR` as an absolute path, if it is set and not empty.
+fn env_base() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os(CACHE_DIR_ENV).filter(|d| !d.is_empty())?);
+    Some(std::path::absolute(&dir).unwrap_or(dir))
+}
+
+/// The default cache root, also the root of installed executables: `<base>/dbx_concurio`,
+/// or `<base>/dbx_concurio-<uid>` if `<base>/dbx_concurio` exists but is not a directory
+/// only we control (another user's, on a shared temp dir). Only looks, creates nothing.
 pub fn default_root() -> PathBuf {
-    base_dir().join(MODULE_DIR)
+    let base = base_dir();
+    let shared = base.join(MODULE_DIR);
+    let reason = match std::fs::symlink_metadata(&shared) {
+        Ok(meta) => sys::unsafe_dir_reason(&meta),
+        Err(_) => None, // missing (ours to create), or an error `prepare` reports
+    };
+    let (Some(reason), Some(uid)) = (reason, user_id()) else {
+        return shared;
+    };
+    let own = base.join(format!("{MODULE_DIR}-{uid}"));
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "not using {}: {reason}; using {} instead",
+            shared.display(),
+            own.display()
+        );
+    });
+    own
 }
 
 /// The directory a `Location` and `name` resolve to, without touching the disk (except to
@@ -122,27 +149,85 @@ fn walk_private(dir: &Path, create: bool) -> Result<()> {
         }
         return Ok(());
     };
-    if create {
-        sys::create_private_dir_all(&base).at("create directory", &base)?;
-    }
+    check_base(&base, create)?;
     // Check each component before creating the next one inside it, so a planted symlink or
     // foreign directory is refused before anything goes through it.
-    let mut path = base;
+    let mut path = base.clone();
     for component in below.components() {
         path.push(component);
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(meta) => meta,
             Err(err) if create && err.kind() == std::io::ErrorKind::NotFound => {
-                sys::create_private_dir_all(&path).at("create directory", &path)?;
+                if let Err(err) = sys::create_private_dir_all(&path) {
+                    return Err(base_error(&base, &path, err));
+                }
                 std::fs::symlink_metadata(&path).at("inspect", &path)?
             }
             Err(err) => return Err(Error::io("inspect", path, err)),
         };
         if let Some(reason) = sys::unsafe_dir_reason(&meta) {
+            let reason = format!(
+                "{reason} (set {CACHE_DIR_ENV} to a directory of your own to use another place)"
+            );
             return Err(Error::UnsafeDirectory { path, reason });
         }
     }
     Ok(())
+}
+
+/// Checks (and with `create`, creates) the base of the default locations. A base the user
+/// chose with `DBX_CONCURIO_CACHE_DIR` that cannot be used is an [`Error::BaseDirectory`]
+/// that says what is wrong with it.
+fn check_base(base: &Path, create: bool) -> Result<()> {
+    let not_a_dir = || std::io::Error::from(std::io::ErrorKind::NotADirectory);
+    match std::fs::metadata(base) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) if is_env_base(base) => Err(base_dir_error(
+            base,
+            "exists and is not a directory".into(),
+            not_a_dir(),
+        )),
+        Ok(_) => Err(Error::io("use as directory", base, not_a_dir())),
+        Err(err) if create && err.kind() == std::io::ErrorKind::NotFound => {
+            match sys::create_private_dir_all(base) {
+                Ok(()) => Ok(()),
+                Err(err) if is_env_base(base) => {
+                    let problem = format!("does not exist and cannot be created: {err}");
+                    Err(base_dir_error(base, problem, err))
+                }
+                Err(err) => Err(Error::io("create directory", base, err)),
+            }
+        }
+        Err(err) => Err(Error::io("inspect", base, err)),
+    }
+}
+
+/// The error for a directory below `base` that could not be created: when `base` is the
+/// user's `DBX_CONCURIO_CACHE_DIR` and we may not write in it, that is what to say.
+fn base_error(base: &Path, path: &Path, err: std::io::Error) -> Error {
+    let denied = matches!(
+        err.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    );
+    if denied && path.parent() == Some(base) && is_env_base(base) {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let problem = format!("is not writable (cannot create {name} in it: {err})");
+        return base_dir_error(base, problem, err);
+    }
+    Error::io("create directory", path, err)
+}
+
+fn is_env_base(base: &Path) -> bool {
+    env_base().as_deref() == Some(base)
+}
+
+fn base_dir_error(base: &Path, problem: String, source: std::io::Error) -> Error {
+    Error::BaseDirectory {
+        var: CACHE_DIR_ENV,
+        path: base.to_path_buf(),
+        problem,
+        source,
+    }
 }
 
 /// Resolves and prepares; if an explicit location is unusable and `fallback` is set, warns
@@ -167,6 +252,20 @@ pub(crate) fn resolve_and_prepare(
         }
         Err(err) => Err(err),
     }
+}
+
+/// The effective user id, which names the per-user fallback root. (Platform code belongs in
+/// `sys`; it is here while `sys` is being reworked, and moves there with it.)
+#[cfg(unix)]
+fn user_id() -> Option<u32> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    Some(unsafe { libc::geteuid() })
+}
+
+/// Elsewhere the temp dir is per user already: no fallback.
+#[cfg(not(unix))]
+fn user_id() -> Option<u32> {
+    None
 }
 
 /// Lower-case hex of `bytes`.

@@ -116,6 +116,25 @@ pub enum Error {
         reason: String,
     },
 
+    /// The base directory the user chose (`DBX_CONCURIO_CACHE_DIR`) cannot hold caches: it
+    /// is a file, cannot be created, or cannot be written.
+    #[error(
+        "{var}={}: {problem}; set {var} to a directory you can write, or unset it to use the \
+         temp dir",
+        path.display()
+    )]
+    BaseDirectory {
+        /// The environment variable that named it.
+        var: &'static str,
+        /// The directory, made absolute.
+        path: PathBuf,
+        /// What is wrong with it, in a user's words.
+        problem: String,
+        /// The underlying error; its [`io::ErrorKind`] is preserved.
+        #[source]
+        source: io::Error,
+    },
+
     /// An argument was invalid (bad source, bad checksum syntax, bad member name, ...).
     #[error("{0}")]
     InvalidInput(String),
@@ -183,7 +202,7 @@ impl Error {
     /// The [`io::ErrorKind`] of an I/O error, if this is one.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
-            Error::Io { source, .. } => Some(source.kind()),
+            Error::Io { source, .. } | Error::BaseDirectory { source, .. } => Some(source.kind()),
             _ => None,
         }
     }

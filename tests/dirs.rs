@@ -182,25 +182,110 @@ fn names_cannot_climb_out() {
     }
 }
 
+fn uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+#[test]
+fn a_default_root_controlled_by_others_falls_back_to_a_per_user_root() {
+    // Writable by others (a squatter could swap files in it), or a symlink planted where our
+    // directory should be: neither is used, nor written through; our own root is.
+    type Plant = fn(&Path, &Path);
+    let plants: [(&str, Plant); 2] = [
+        ("writable by others", |module, _| {
+            std::fs::create_dir(module).unwrap();
+            std::fs::set_permissions(module, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }),
+        ("symlink", |module, elsewhere| {
+            std::os::unix::fs::symlink(elsewhere, module).unwrap()
+        }),
+    ];
+    for (what, plant) in plants {
+        let base = tempfile::tempdir().unwrap();
+        let base_path = base.path().canonicalize().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let module = base.path().join("dbx_concurio");
+        plant(&module, elsewhere.path());
+        let dir = resolve(base.path(), "default", Some("c"), &[]).unwrap();
+        let own = base_path.join(format!("dbx_concurio-{}", uid()));
+        assert_eq!(dir, own.join("c"), "{what}");
+        assert_eq!(mode(&own), 0o700, "{what}");
+        assert_eq!(
+            std::fs::read_dir(elsewhere.path()).unwrap().count(),
+            0,
+            "{what}"
+        );
+        if what != "symlink" {
+            assert_eq!(std::fs::read_dir(&module).unwrap().count(), 0, "{what}");
+        }
+    }
+}
+
 #[test]
 fn default_directories_controlled_by_others_are_refused() {
-    // Writable by others (a squatter could swap files in it).
+    // Below a root that is ours: a named cache directory writable by others.
     let base = tempfile::tempdir().unwrap();
-    let module = base.path().join("dbx_concurio");
-    std::fs::create_dir(&module).unwrap();
-    std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let named = base.path().join("dbx_concurio/c");
+    std::fs::create_dir_all(&named).unwrap();
+    std::fs::set_permissions(
+        base.path().join("dbx_concurio"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::set_permissions(&named, std::fs::Permissions::from_mode(0o777)).unwrap();
     let err = resolve(base.path(), "default", Some("c"), &[]).unwrap_err();
     assert!(err.contains("writable by group or others"), "{err}");
+    assert!(
+        err.contains("set DBX_CONCURIO_CACHE_DIR"),
+        "the way out: {err}"
+    );
 
-    // A symlink planted where our directory should be.
+    // The per-user fallback root must be ours too: a symlink planted there is refused.
     let base = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(elsewhere.path(), base.path().join("dbx_concurio")).unwrap();
+    std::fs::create_dir(base.path().join("dbx_concurio")).unwrap();
+    std::fs::set_permissions(
+        base.path().join("dbx_concurio"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let own = base.path().join(format!("dbx_concurio-{}", uid()));
+    std::os::unix::fs::symlink(elsewhere.path(), &own).unwrap();
     let err = resolve(base.path(), "default", Some("c"), &[]).unwrap_err();
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(
         std::fs::read_dir(elsewhere.path()).unwrap().count(),
         0,
         "nothing written through it"
+    );
+}
+
+#[test]
+fn a_base_directory_from_the_environment_is_absolute_and_its_errors_say_what_is_wrong() {
+    // Relative: taken from the current directory.
+    let work = tempfile::tempdir().unwrap();
+    let mut cmd = child("child_main", "default");
+    cmd.env("DBX_CONCURIO_CACHE_DIR", "rel")
+        .current_dir(work.path());
+    let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+    let expected = work.path().canonicalize().unwrap().join("rel/dbx_concurio");
+    assert!(
+        out.contains(&format!("DIR {}", expected.display())),
+        "{out}"
+    );
+
+    // A file.
+    let file = work.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let err = resolve(&file, "default", None, &[]).unwrap_err();
+    assert!(err.contains("exists and is not a directory"), "{err}");
+    assert!(
+        err.contains(&format!("DBX_CONCURIO_CACHE_DIR={}", file.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("set DBX_CONCURIO_CACHE_DIR to a directory you can write"),
+        "{err}"
     );
 }

@@ -1,6 +1,7 @@
 //! Safe defaults in a shared temp directory: a default directory that someone else owns,
 //! that others can write, or that is a symlink, is refused by caches and by `execs` (nothing
-//! installed, nothing planted returned); keys, identifiers and file names never address a
+//! installed, nothing planted returned), except the shared root `dbx_concurio` itself, for
+//! which the per-user root `dbx_concurio-<uid>` (which must be ours too) is used instead; keys, identifiers and file names never address a
 //! path outside the cache. Each case runs in a child with its own `DBX_CONCURIO_CACHE_DIR`.
 
 mod common;
@@ -115,13 +116,25 @@ fn files_in(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
+/// The per-user root used when the shared one is not ours.
+fn own_root() -> String {
+    // SAFETY: geteuid has no preconditions.
+    format!("dbx_concurio-{}", unsafe { libc::geteuid() })
+}
+
 /// For every attack on every directory of `depths` (below a fresh base): plants it, runs
 /// the child `role`, and checks that it was refused for that reason and wrote nothing there.
+/// A depth below the per-user root gets a shared root that is not ours, too.
 fn refused_everywhere(depths: &[&str], role: &str, extra: &[(&str, &Path)]) {
     for attack in ATTACKS {
         for depth in depths {
             let base = tempfile::tempdir().unwrap();
             let elsewhere = tempfile::tempdir().unwrap();
+            if depth.starts_with(&own_root()) {
+                let shared = base.path().join("dbx_concurio");
+                std::fs::create_dir(&shared).unwrap();
+                std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+            }
             let path = base.path().join(depth);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             if plant(&path, attack, elsewhere.path()).is_none() {
@@ -136,10 +149,33 @@ fn refused_everywhere(depths: &[&str], role: &str, extra: &[(&str, &Path)]) {
     }
 }
 
+/// For every attack on the shared root `dbx_concurio`: the child `role` succeeds in the
+/// per-user root, and nothing is written into (or through) the planted one.
+fn falls_back_to_the_per_user_root(role: &str, extra: &[(&str, &Path)]) {
+    for attack in ATTACKS {
+        let base = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let shared = base.path().join("dbx_concurio");
+        if plant(&shared, attack, elsewhere.path()).is_none() {
+            continue;
+        }
+        let used = run(base.path(), role, extra)
+            .unwrap_or_else(|e| panic!("{attack:?}: no fallback: {e}"));
+        let own = base.path().join(own_root());
+        assert!(Path::new(&used).starts_with(&own), "{attack:?}: {used}");
+        assert_eq!(files_in(elsewhere.path()), 0, "written through a symlink");
+        if !matches!(attack, Attack::Symlink) {
+            assert_eq!(files_in(&shared), 0, "{attack:?}: written into it");
+        }
+    }
+}
+
 #[test]
 fn caches_refuse_default_directories_controlled_by_others() {
-    // The module directory and the named cache directory.
-    refused_everywhere(&["dbx_concurio", "dbx_concurio/c"], "cache", &[]);
+    // The named cache directory, and the per-user root.
+    let own = own_root();
+    refused_everywhere(&["dbx_concurio/c", &own, &format!("{own}/c")], "cache", &[]);
+    falls_back_to_the_per_user_root("cache", &[]);
 }
 
 fn script(word: &str) -> Vec<u8> {
@@ -152,11 +188,14 @@ fn execs_refuse_default_directories_controlled_by_others() {
     let source = src.path().join("tool");
     std::fs::write(&source, script("real")).unwrap();
     let extra = [("SOURCE", source.as_path()), ("ID", Path::new("tool-v1"))];
-    refused_everywhere(
-        &["dbx_concurio", "dbx_concurio/executables"],
-        "exec",
-        &extra,
-    );
+    let own = own_root();
+    let depths = [
+        "dbx_concurio/executables",
+        &own,
+        &format!("{own}/executables"),
+    ];
+    refused_everywhere(&depths, "exec", &extra);
+    falls_back_to_the_per_user_root("exec", &extra);
 }
 
 /// An identifier directory planted, complete with a marker and an "executable", by someone

@@ -1,20 +1,27 @@
-//! `concurio cache list|get|delete|stats|prune|check|clear`: human text by default, `--json` for
-//! scripts. Results go to stdout.
+//! `concurio cache list|get|delete|path|stats|prune|check|clear`: human text by default,
+//! `--json` for scripts. Results go to stdout.
 
 use std::time::SystemTime;
 
 use dbx_concurio::caches::{DiskCache, EntryInfo};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cli::{CacheCommand, CacheOpts};
 use crate::json_value::AnyValue;
-use crate::{Outcome, duration};
+use crate::{Outcome, duration, size};
 
 pub fn cache(command: CacheCommand) -> Outcome {
     match command {
         CacheCommand::List(opts) => list(&opts),
         CacheCommand::Get { key, opts } => get(&key, &opts),
-        CacheCommand::Delete { key, opts } => delete(&key, &opts),
+        CacheCommand::Delete { key, dry_run, opts } => delete(&key, dry_run, &opts),
+        CacheCommand::Path(opts) => {
+            let dir = opts.location.path();
+            emit(&opts, &json!({ "directory": dir }), || {
+                dir.display().to_string()
+            })
+        }
         CacheCommand::Stats(opts) => stats(&opts),
         CacheCommand::Prune {
             opts,
@@ -46,7 +53,25 @@ pub fn cache(command: CacheCommand) -> Outcome {
                 )
             })
         }
-        CacheCommand::Clear(opts) => {
+        CacheCommand::Clear {
+            dry_run: true,
+            opts,
+        } => {
+            let entries = opts.location.open()?.entries()?;
+            let bytes: u64 = entries.iter().map(|e| e.size).sum();
+            let report = json!({ "dry_run": true, "would_remove": entries.len(), "bytes": bytes });
+            emit(&opts, &report, || {
+                format!(
+                    "would remove {} entries ({}); nothing removed (--dry-run)",
+                    entries.len(),
+                    size::human(bytes)
+                )
+            })
+        }
+        CacheCommand::Clear {
+            dry_run: false,
+            opts,
+        } => {
             let removed = opts.location.open()?.clear()?;
             emit(&opts, &json!({ "removed": removed }), || {
                 format!("removed {removed} entries")
@@ -56,24 +81,79 @@ pub fn cache(command: CacheCommand) -> Outcome {
 }
 
 fn list(opts: &CacheOpts) -> Outcome {
-    let entries = opts.location.open()?.entries()?;
+    let cache = opts.location.open()?;
+    let entries = cache.entries()?;
+    let commands: Vec<Option<String>> = entries
+        .iter()
+        .map(|e| run_command(&cache, &e.key))
+        .collect();
     if opts.json {
-        let rows: Vec<Value> = entries.iter().map(entry_json).collect();
+        let rows: Vec<Value> = entries
+            .iter()
+            .zip(&commands)
+            .map(|(e, command)| {
+                let mut row = entry_json(e);
+                row["command"] = json!(command);
+                row
+            })
+            .collect();
         println!("{}", Value::Array(rows));
         return Ok(0);
     }
-    println!("{:>10}  {:>10}  {:>9}  KEY", "AGE", "EXPIRES IN", "BYTES");
-    for e in &entries {
+    let mut rows = vec![[
+        "AGE".to_owned(),
+        "EXPIRES IN".to_owned(),
+        "SIZE".to_owned(),
+        "COMMAND OR KEY".to_owned(),
+    ]];
+    for (e, command) in entries.iter().zip(commands) {
         let expires = match e.expires_at {
             _ if e.expired => "expired".to_owned(),
             None => "never".to_owned(),
             Some(at) => duration::human(at.duration_since(SystemTime::now()).unwrap_or_default()),
         };
         let age = duration::human(e.load_timestamp.elapsed().unwrap_or_default());
-        let key = e.key.escape_debug(); // one line per entry, whatever the key holds
-        println!("{age:>10}  {expires:>10}  {:>9}  {key}", e.size);
+        let key = e.key.escape_debug().to_string(); // one line per entry, whatever it holds
+        let what = match command {
+            Some(command) if is_hashed_run_key(&e.key) => command,
+            Some(command) => format!("{key} = {command}"),
+            None => key,
+        };
+        rows.push([age, expires, size::human(e.size), what]);
     }
+    print_table(&rows);
     Ok(0)
+}
+
+/// Prints rows in columns that stay aligned whatever their widths: the text of the last
+/// column is left as is, the others are padded (numbers to the right).
+fn print_table(rows: &[[String; 4]]) {
+    let mut widths = [0usize; 3];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for [age, expires, size, what] in rows {
+        let [a, e, s] = widths;
+        println!("{age:>a$}  {expires:>e$}  {size:>s$}  {what}");
+    }
+}
+
+/// The command line of a `concurio run` entry, if `key` holds one (and has not expired).
+fn run_command(cache: &DiskCache, key: &str) -> Option<String> {
+    /// The part of a stored `concurio run` result that names the command.
+    #[derive(Deserialize)]
+    struct RunRecord {
+        command: Vec<String>,
+    }
+    let entry = cache.get::<RunRecord>(key).ok()??;
+    Some(crate::holder::command_line(&entry.value.command))
+}
+
+/// Keys `concurio run` makes by hashing the command line (as opposed to `--key NAME`).
+fn is_hashed_run_key(key: &str) -> bool {
+    key.starts_with("run-v1:") || key.starts_with("run-v2:")
 }
 
 fn get(key: &str, opts: &CacheOpts) -> Outcome {
@@ -100,12 +180,22 @@ fn get(key: &str, opts: &CacheOpts) -> Outcome {
     Ok(0)
 }
 
-fn delete(key: &str, opts: &CacheOpts) -> Outcome {
-    let deleted = opts.location.open()?.delete(key)?;
+fn delete(key: &str, dry_run: bool, opts: &CacheOpts) -> Outcome {
+    let cache = opts.location.open()?;
+    let shown = key.escape_debug();
+    if dry_run {
+        let found = cache.entries()?.iter().any(|e| e.key == key);
+        let report = json!({ "key": key, "dry_run": true, "would_delete": found });
+        return emit(opts, &report, || match found {
+            true => format!("would delete: {shown} (--dry-run)"),
+            false => format!("no entry: {shown}"),
+        });
+    }
+    let deleted = cache.delete(key)?;
     let report = json!({ "key": key, "deleted": deleted });
     emit(opts, &report, || {
         let what = if deleted { "deleted" } else { "no entry" };
-        format!("{what}: {}", key.escape_debug())
+        format!("{what}: {shown}")
     })
 }
 
@@ -136,7 +226,13 @@ fn stats(opts: &CacheOpts) -> Outcome {
             "misses",
             "evictions",
         ];
-        let lines = fields.map(|f| format!("{f:<11} {}", plain(&report[f])));
+        let lines = fields.map(|f| {
+            let value = match (f, report[f].as_u64()) {
+                ("bytes" | "size_limit", Some(bytes)) => size::human(bytes),
+                _ => plain(&report[f]),
+            };
+            format!("{f:<11} {value}")
+        });
         lines.join("\n")
     })
 }

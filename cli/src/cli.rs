@@ -14,7 +14,9 @@ Examples:
   concurio install https://example.com/tool.tar.gz --id tool-1.2 --member bin/tool
   concurio cache stats --json
 
-Caches and executables live under $DBX_CONCURIO_CACHE_DIR (default: the temp dir) in dbx_concurio/.
+Caches and executables live in dbx_concurio/ under $CONCURIO_CACHE_DIR (or $DBX_CONCURIO_CACHE_DIR;
+a relative path is taken from the current directory; default: the temp dir), or in
+dbx_concurio-<uid>/ when another user owns dbx_concurio/. `concurio cache path` prints where.
 Exit status: 0 on success, 1 on errors, 2 on usage errors; `run` and `exec` exit with the command's status.";
 
 /// Memoize commands across processes, install verified tools, inspect disk caches.
@@ -72,10 +74,11 @@ pub enum Command {
 /// Which cache: `--dir DIR` and/or `--name NAME`.
 #[derive(Debug, Clone, Args)]
 pub struct CacheLocation {
-    /// Cache directory. With --name the cache is DIR/NAME; alone, DIR itself.
-    #[arg(long, value_name = "DIR")]
+    /// Cache directory. With --name the cache is DIR/NAME; alone, DIR itself. (`--cache-dir`,
+    /// bkt's name, works too.)
+    #[arg(long, value_name = "DIR", alias = "cache-dir")]
     pub dir: Option<PathBuf>,
-    /// Cache name under the default root ($DBX_CONCURIO_CACHE_DIR or the temp dir, then
+    /// Cache name under the default root ($CONCURIO_CACHE_DIR or the temp dir, then
     /// dbx_concurio/), or under --dir. Default without --dir: `run`, the cache of `concurio run`.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -89,44 +92,93 @@ const RUN_EXAMPLES: &str = "\
 Examples:
   concurio run -- make --version                      # cached for 1 minute (the default TTL)
   concurio run --ttl 1h --cwd -- git log -1            # the working directory is part of the key
-  concurio run --ttl 10m --stale 1h -- ./slow-report   # serve stale output at once, refresh behind
+  concurio run --ttl 10m --stale 10s -- ./report       # after 10s: replay, refresh behind
+  concurio run --ttl 1h --modtime .git/FETCH_HEAD -- git log origin/main -1
+  concurio run --warm -- ./report                      # refresh in the background, print nothing
   concurio run --key weather --ttl 30m -- curl -s wttr.in
-  concurio run --discard-failures -- ./flaky-probe     # only successes are cached
+  concurio run --discard-failures -- ./flaky-probe     # failures are never stored nor replayed
 
-The key is a SHA-256 of the argv (plus the working directory with --cwd, plus the values of the
---env variables), unless --key names it. Replays write the recorded stdout and stderr byte for
-byte (each in one piece, so their interleaving is not kept) and exit with the recorded status;
-a command killed by signal N exits 128+N. If CMD cannot be started, concurio prints one error
-line and exits 127 (not found) or 126 (not executable); nothing is cached then.";
+--ttl and --stale mean what they mean in bkt. The TTL is the caller's: a result stored by
+`--ttl 1s` is fresh for a later `--ttl 1h` call: a result stays on disk for at least a day
+(--keep), longer than its TTL, so that callers with longer TTLs can use it. Before --stale took
+bkt's meaning it was a window after the TTL: the old `--ttl 10m --stale 1h` is now
+`--ttl 1h10m --stale 10m`.
+
+The key is a SHA-256 of the argv, the --scope, the working directory (--cwd), the values of the
+--env variables that are set, and the modification times of the --modtime files, unless --key
+names it (then only --scope applies: --cwd, --env and --modtime do not go with --key). Replays
+write the recorded stdout and stderr byte for byte (each in one piece, so their interleaving is
+not kept) and exit with the recorded status; a command killed by signal N exits 128+N. If CMD
+cannot be started, concurio prints one error line and exits 127 (not found) or 126 (not
+executable); nothing is cached then. If the result cannot be stored (disk full), concurio warns
+and exits with the command's status. A caller waiting for another process's run of the same
+command says so after a second on a terminal, and with -v anywhere.
+
+Environment: CONCURIO_TTL, CONCURIO_STALE, CONCURIO_SCOPE, CONCURIO_UNCACHED_FALLBACK set the
+defaults of the options of the same name (CONCURIO_STALE only where it is shorter than the TTL);
+CONCURIO_CACHE_DIR (or DBX_CONCURIO_CACHE_DIR) replaces the temp dir as the base of the default
+cache (a relative path is taken from the current directory); CONCURIO_LOG is a log filter (e.g.
+debug).";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// How long a result is replayed (30s, 10m, 1h, 2d; a bare number is seconds).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration::parse)]
+    /// How old a stored result may be for this call to replay it (30s, 10m, 1h, 2d; a bare
+    /// number is seconds).
+    #[arg(
+        long,
+        visible_alias = "time-to-live",
+        value_name = "DURATION",
+        env = "CONCURIO_TTL",
+        default_value = "60s",
+        value_parser = duration::parse
+    )]
     pub ttl: Duration,
-    /// Past the TTL, keep replaying the old result for this long while a background
-    /// `concurio run` refreshes it (the caller does not wait).
+    /// How long a result stays on disk for callers with longer TTLs; `cache purge` removes
+    /// it after that [default: the TTL, at least 1d; never shorter than the TTL].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pub keep: Option<Duration>,
+    /// Shorter than --ttl: a result older than this is replayed at once and refreshed in
+    /// the background (as in bkt). Default: $CONCURIO_STALE, where it is shorter than --ttl.
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub stale: Option<Duration>,
+    /// Run the command in the background to refresh its stored result, and return at once
+    /// with no output (as in bkt).
+    #[arg(long, conflicts_with = "force")]
+    pub warm: bool,
     /// Run the command even if a fresh result exists, and store the new result.
     #[arg(long)]
     pub force: bool,
-    /// Do not cache results with a non-zero exit status (or killed by a signal).
+    /// Never store nor replay a result with a non-zero exit status (or killed by a signal).
     #[arg(long)]
     pub discard_failures: bool,
     /// Name the cache entry yourself instead of hashing the command line.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["cwd", "env", "modtime"])]
     pub key: Option<String>,
+    /// Keep this call's results apart from calls with another scope (or none).
+    #[arg(long, value_name = "NAME", env = "CONCURIO_SCOPE")]
+    pub scope: Option<String>,
     /// Make the current working directory part of the key.
-    #[arg(long)]
+    #[arg(long, visible_alias = "use-working-dir")]
     pub cwd: bool,
     /// Make the value of environment variable NAME part of the key (repeatable).
-    #[arg(long = "env", value_name = "NAME")]
+    #[arg(long = "env", value_name = "NAME", visible_alias = "use-environment")]
     pub env: Vec<String>,
+    /// Make the modification time of PATH part of the key (repeatable; a missing file counts
+    /// as "missing"), e.g. --modtime .git/FETCH_HEAD.
+    #[arg(long, value_name = "PATH", visible_alias = "use-file-modtime")]
+    pub modtime: Vec<PathBuf>,
     /// Pass our stdin to the command when it runs (default: /dev/null). stdin is not part of
     /// the key, and a replay does not read it.
     #[arg(long)]
     pub stdin: bool,
+    /// If no cache can be used (unusable directory), warn and run the command uncached
+    /// instead of failing.
+    #[arg(
+        long,
+        env = "CONCURIO_UNCACHED_FALLBACK",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub uncached_fallback: bool,
     /// Internal: the background refresh started by --stale.
     #[arg(long, hide = true)]
     pub refresh: bool,
@@ -229,7 +281,9 @@ pub struct ExecArgs {
 
 const CACHE_EXAMPLES: &str = "\
 Examples:
-  concurio cache list                       # the cache of `concurio run`
+  concurio cache list                       # the cache of `concurio run`: commands, sizes
+  concurio cache path                       # where it lives
+  concurio cache clear --dry-run            # what would be removed
   concurio cache list --dir /some/dir --name my_cache --json
   concurio cache get greeting --name my_cache
   concurio cache prune --older-than 30d     # expired entries; executables installed 30+ days ago
@@ -254,9 +308,15 @@ pub enum CacheCommand {
     Delete {
         /// The key.
         key: String,
+        /// Only say whether it would be deleted.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         opts: CacheOpts,
     },
+    /// Print the cache's directory (where it lives; nothing is created).
+    #[command(after_help = CACHE_EXAMPLES)]
+    Path(CacheOpts),
     /// Directory, entries, expired entries, bytes on disk, size limit, lock files, and the
     /// hit/miss/eviction counters shared by all processes.
     #[command(after_help = CACHE_EXAMPLES)]
@@ -274,7 +334,13 @@ pub enum CacheCommand {
     },
     /// Remove every entry. Asks no question (safe in scripts); prints how many were removed.
     #[command(after_help = CACHE_EXAMPLES)]
-    Clear(CacheOpts),
+    Clear {
+        /// Only say how many entries (and bytes) would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        opts: CacheOpts,
+    },
     /// Verify every entry and value file; remove damaged entries and debris (orphan value
     /// files, temp files of interrupted writes, foreign lock files older than a minute).
     #[command(after_help = CACHE_EXAMPLES)]
@@ -291,6 +357,18 @@ pub struct CacheOpts {
 }
 
 impl CacheLocation {
+    /// Where the chosen cache lives (what [`open`](Self::open) opens), without creating it.
+    pub fn path(&self) -> PathBuf {
+        let name = self.name.as_deref();
+        match &self.dir {
+            Some(dir) => {
+                let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+                name.map_or_else(|| dir.clone(), |name| dir.join(name))
+            }
+            None => dbx_concurio::default_root().join(name.unwrap_or("run")),
+        }
+    }
+
     /// Opens the chosen cache: `DIR[/NAME]`, or `<default root>/NAME` (NAME defaults to
     /// `run`). An explicit `--dir` that cannot be used is an error, never a silent fallback to
     /// the temp dir (the library's default for programs).

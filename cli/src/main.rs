@@ -5,13 +5,14 @@ mod cache_cmd;
 mod capture;
 mod cli;
 mod duration;
+mod holder;
 mod install;
 mod json_value;
 mod run;
 mod size;
 
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -53,12 +54,14 @@ impl fmt::Display for Failure {
 pub type Outcome = Result<u8, Failure>;
 
 fn main() -> ExitCode {
+    adopt_cli_environment();
     let cli = Cli::parse(); // usage errors: clap's message, exit 2
     init_logging(cli.verbose, cli.quiet);
     match try_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("concurio: {failure}");
+            // Not eprintln!: it panics when stderr is a closed pipe (`2>&1 | head -c 10`).
+            let _ = writeln!(std::io::stderr(), "concurio: {failure}");
             ExitCode::from(failure.code)
         }
     }
@@ -66,7 +69,11 @@ fn main() -> ExitCode {
 
 fn try_main(cli: Cli) -> Outcome {
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => {
+            // Say whom we wait for: on a terminal, or anywhere with -v; never with -q.
+            let notice = cli.quiet == 0 && (cli.verbose > 0 || std::io::stderr().is_terminal());
+            run::run(args, notice)
+        }
         Command::Install(args) => install::install(args),
         Command::Exec(args) => install::exec(args),
         Command::Installed { root, json } => install::list(root.as_deref(), json),
@@ -80,6 +87,24 @@ fn try_main(cli: Cli) -> Outcome {
                 &mut std::io::stdout(),
             );
             Ok(0)
+        }
+    }
+}
+
+/// Every variable the CLI reads starts with `CONCURIO_`. The library reads
+/// `DBX_CONCURIO_CACHE_DIR` and `DBX_CONCURIO_OFFLINE` (its documented names), so
+/// `CONCURIO_CACHE_DIR` and `CONCURIO_OFFLINE`, when set, are handed to it under those names;
+/// the old names keep working on their own.
+fn adopt_cli_environment() {
+    const ALIASES: [(&str, &str); 2] = [
+        ("CONCURIO_CACHE_DIR", dbx_concurio::CACHE_DIR_ENV),
+        ("CONCURIO_OFFLINE", dbx_concurio::execs::OFFLINE_ENV),
+    ];
+    for (ours, library) in ALIASES {
+        if let Some(value) = std::env::var_os(ours).filter(|v| !v.is_empty()) {
+            // SAFETY: first thing in main, before any other thread exists or the
+            // environment is read elsewhere.
+            unsafe { std::env::set_var(library, value) };
         }
     }
 }

@@ -1,112 +1,271 @@
 //! `concurio run`: memoize a command's stdout, stderr and exit status (like `bkt`).
 //!
-//! Fresh entry (younger than the TTL): replay it. Missing or old: `get_or_load` runs the
-//! command once across all processes, streaming its output; concurrent callers wait and
-//! replay. With `--stale S`, entries are kept TTL+S; one older than the TTL is replayed at
-//! once while a detached `concurio run --refresh ...` reloads it (the refresh goes through
-//! `get_or_load` too, so concurrent refreshes run the command once).
+//! A result younger than the caller's `--ttl` is replayed; otherwise `get_or_load` runs the
+//! command once across all processes, streaming its output, and concurrent callers wait and
+//! replay. `--stale S` (shorter than the TTL) replays a result older than S at once and
+//! starts a detached `concurio run --refresh ...` that reloads it (through `get_or_load`
+//! with S as its age limit, so concurrent refreshes run the command once). `--warm` only
+//! starts such a refresh, forced.
+//!
+//! Results are stored for [`keep_for`] (at least a day, never less than the TTL): freshness
+//! is the caller's `--ttl` (as in bkt), so a result stored by a short-TTL call serves
+//! longer-TTL callers.
 
 use std::cell::Cell;
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dbx_concurio::Error;
 use dbx_concurio::caches::DiskCache;
 use sha2::{Digest, Sha256};
 
-use crate::Outcome;
 use crate::capture::{Recorded, RunError, run_streaming};
 use crate::cli::RunArgs;
+use crate::duration;
+use crate::holder::{self, HolderNote};
+use crate::{Failure, Outcome};
 
-pub fn run(args: RunArgs) -> Outcome {
-    let cache = args.location.open()?;
-    let key = entry_key(&args)?;
-    let stale = args.stale.unwrap_or_default();
-    let keep = args.ttl.saturating_add(stale);
-    tracing::debug!(key, dir = %cache.directory().display(), "run");
-    if args.force {
-        return match run_streaming(&args.command, args.stdin) {
-            Ok(rec) if rec.success() || !args.discard_failures => {
-                cache.set(&key, &rec, Some(keep))?;
-                Ok(rec.exit_code())
-            }
-            Ok(rec) => Ok(rec.exit_code()),
-            Err(e) => e.into_outcome(),
-        };
-    }
-    if !stale.is_zero()
-        && !args.refresh
-        && let Some(code) = serve_stale(&cache, &key, &args, keep)?
-    {
-        return Ok(code);
-    }
-    load(&cache, &key, &args, keep)
-}
+/// The shortest time a result stays on disk (see the module docs).
+const MIN_KEEP: Duration = Duration::from_secs(24 * 3600);
 
-/// With `--stale`: replays an entry younger than TTL+stale, starting a background refresh if
-/// it is older than the TTL. `None` if there is no such entry.
-fn serve_stale(
-    cache: &DiskCache,
-    key: &str,
-    args: &RunArgs,
-    keep: Duration,
-) -> Result<Option<u8>, crate::Failure> {
-    let Some(hit) = cache.get::<Recorded>(key)? else {
-        return Ok(None);
+/// How many times a `--discard-failures` call deletes a failure that another caller stored
+/// meanwhile before it runs the command without the cross-process lock.
+const DISCARD_ATTEMPTS: usize = 3;
+
+/// Runs `concurio run`. `notice`: say on stderr whom we wait for when blocked.
+pub fn run(mut args: RunArgs, notice: bool) -> Outcome {
+    check_durations(&args)?;
+    if args.stale.is_none() {
+        args.stale = stale_from_env(args.ttl);
+    }
+    let cache = match args.location.open() {
+        Ok(cache) => cache,
+        Err(e) if args.uncached_fallback => {
+            tracing::warn!("no cache can be used ({e}); running the command uncached");
+            return run_uncached(&args);
+        }
+        Err(e) => return Err(no_cache(e)),
     };
-    if hit.age() >= keep {
-        return Ok(None);
-    }
-    if hit.age() >= args.ttl {
+    let key = entry_key(&args)?;
+    tracing::debug!(key, dir = %cache.directory().display(), "run");
+    let run = Run {
+        cache: &cache,
+        key: &key,
+        args: &args,
+        notice,
+    };
+    if args.warm && !args.refresh {
         spawn_refresh();
+        return Ok(0);
     }
-    hit.replay()?;
-    Ok(Some(hit.exit_code()))
+    if args.force || args.warm {
+        return run.forced();
+    }
+    // A background refresh reloads unless someone refreshed within the stale threshold.
+    let max_age = match (args.refresh, args.stale) {
+        (true, Some(stale)) => stale,
+        _ => args.ttl,
+    };
+    run.load(max_age)
 }
 
-/// The `get_or_load` path: replay a fresh entry, or run the command (once across processes).
-fn load(cache: &DiskCache, key: &str, args: &RunArgs, keep: Duration) -> Outcome {
-    let ran = Cell::new(false);
-    let loaded = cache.get_or_load(
-        key,
-        || {
-            ran.set(true);
-            let rec = run_streaming(&args.command, args.stdin)?;
-            if args.discard_failures && !rec.success() {
+/// bkt's rules: a TTL of zero means nothing, and a --stale at or past the TTL never applies
+/// (it also catches the old meaning of --stale, a window after the TTL).
+fn check_durations(args: &RunArgs) -> Result<(), Failure> {
+    if args.ttl.is_zero() {
+        return Err(Failure::with_code(2, "--ttl must be longer than 0s"));
+    }
+    match args.stale {
+        Some(stale) if stale.is_zero() => {
+            Err(Failure::with_code(2, "--stale must be longer than 0s"))
+        }
+        Some(stale) if stale >= args.ttl => Err(Failure::with_code(
+            2,
+            format!(
+                "--stale ({}) must be shorter than --ttl ({}): a result older than --stale is \
+                 replayed at once and refreshed in the background, until it is older than \
+                 --ttl (bkt's meaning). --stale used to be a window after the TTL: the old \
+                 `--ttl {ttl} --stale {stale}` is now `--ttl {sum} --stale {ttl}`",
+                humantime::format_duration(stale),
+                humantime::format_duration(args.ttl),
+                ttl = humantime::format_duration(args.ttl)
+                    .to_string()
+                    .replace(' ', ""),
+                stale = humantime::format_duration(stale)
+                    .to_string()
+                    .replace(' ', ""),
+                sum = humantime::format_duration(args.ttl + stale)
+                    .to_string()
+                    .replace(' ', ""),
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `CONCURIO_STALE`, if it is set, valid and shorter than `ttl`. A default from the
+/// environment that does not fit this call (a shorter --ttl) is ignored, not an error.
+fn stale_from_env(ttl: Duration) -> Option<Duration> {
+    let text = std::env::var("CONCURIO_STALE")
+        .ok()
+        .filter(|t| !t.is_empty())?;
+    match duration::parse(&text) {
+        Ok(stale) if !stale.is_zero() && stale < ttl => Some(stale),
+        Ok(_) => {
+            tracing::debug!("CONCURIO_STALE={text} is not shorter than --ttl: not used");
+            None
+        }
+        Err(e) => {
+            tracing::warn!("ignoring CONCURIO_STALE={text:?}: {e}");
+            None
+        }
+    }
+}
+
+/// The error for a cache that cannot be opened, with the ways out.
+fn no_cache(error: Error) -> Failure {
+    Failure::from(format!(
+        "{error} (pass --uncached-fallback or set CONCURIO_UNCACHED_FALLBACK=1 to run the \
+         command uncached when no cache can be used)"
+    ))
+}
+
+fn run_uncached(args: &RunArgs) -> Outcome {
+    match run_streaming(&args.command, args.stdin) {
+        Ok(rec) => Ok(rec.exit_code()),
+        Err(e) => e.into_outcome(),
+    }
+}
+
+/// How long a result stays on disk: `--keep`, else [`MIN_KEEP`]; never shorter than the TTL.
+fn keep_for(args: &RunArgs) -> Duration {
+    args.keep.unwrap_or(MIN_KEEP).max(args.ttl)
+}
+
+/// One `concurio run` against an open cache.
+struct Run<'a> {
+    cache: &'a DiskCache,
+    key: &'a str,
+    args: &'a RunArgs,
+    notice: bool,
+}
+
+impl Run<'_> {
+    /// `--force` (and the background half of `--warm`): run now, store, exit with its status.
+    fn forced(&self) -> Outcome {
+        let _note = HolderNote::publish(self.cache.directory(), self.key, &self.args.command);
+        let rec = match run_streaming(&self.args.command, self.args.stdin) {
+            Ok(rec) => rec,
+            Err(e) => return e.into_outcome(),
+        };
+        if rec.success() || !self.args.discard_failures {
+            let stored = self.cache.set(self.key, &rec, Some(keep_for(self.args)));
+            if let Err(e) = stored {
+                warn_not_stored(&e);
+            }
+        }
+        Ok(rec.exit_code())
+    }
+
+    /// Replays a result younger than `max_age`, or runs the command once across processes.
+    /// With `--discard-failures` a stored failure is deleted and the command runs instead.
+    fn load(&self, max_age: Duration) -> Outcome {
+        for _ in 0..DISCARD_ATTEMPTS {
+            match self.load_once(max_age)? {
+                Loaded::Done(code) => return Ok(code),
+                Loaded::StoredFailure => {
+                    tracing::info!("not replaying a stored failure (--discard-failures)");
+                    self.cache.delete(self.key)?;
+                }
+            }
+        }
+        // Other callers keep storing failures: run without the lock rather than replay one.
+        self.forced()
+    }
+
+    fn load_once(&self, max_age: Duration) -> Result<Loaded, Failure> {
+        let ran: Cell<Option<u8>> = Cell::new(None);
+        let started = AtomicBool::new(false);
+        let loader = || {
+            started.store(true, Ordering::SeqCst);
+            let _note = HolderNote::publish(self.cache.directory(), self.key, &self.args.command);
+            let rec = run_streaming(&self.args.command, self.args.stdin)?;
+            ran.set(Some(rec.exit_code()));
+            if self.args.discard_failures && !rec.success() {
                 return Err(RunError::Failed(Box::new(rec)));
             }
             Ok(rec)
-        },
-        Some(args.ttl),
-    );
-    match loaded {
-        Ok(entry) if ran.get() => {
-            if keep > args.ttl {
-                // get_or_load stored it with expiry TTL; keep it for the stale window too.
-                cache.touch(key, Some(keep))?;
+        };
+        let loaded = holder::while_waiting(
+            self.notice,
+            self.cache.directory(),
+            self.key,
+            &started,
+            || {
+                self.cache
+                    .get_or_load::<Recorded, _, _>(self.key, loader, Some(max_age))
+            },
+        );
+        match (loaded, ran.get()) {
+            (Ok(_), Some(code)) => {
+                // get_or_load stored it with expiry max_age; keep it for longer-TTL callers.
+                if let Err(e) = self.cache.touch(self.key, Some(keep_for(self.args))) {
+                    warn_not_stored(&e);
+                }
+                Ok(Loaded::Done(code)) // its output was streamed as it ran
             }
-            Ok(entry.exit_code()) // its output was streamed as it ran
+            (Ok(entry), None) if self.args.discard_failures && !entry.success() => {
+                Ok(Loaded::StoredFailure)
+            }
+            (Ok(entry), None) => {
+                if let Some(stale) = self.args.stale
+                    && !self.args.refresh
+                    && entry.age() >= stale
+                {
+                    spawn_refresh();
+                }
+                entry.replay()?;
+                Ok(Loaded::Done(entry.exit_code()))
+            }
+            (Err(Error::Loader { source, .. }), _) => match source.downcast::<RunError>() {
+                Ok(run_error) => run_error.into_outcome().map(Loaded::Done),
+                Err(other) => Err(other.into()),
+            },
+            // The command ran and its output was streamed; only storing it failed.
+            (Err(e), Some(code)) => {
+                warn_not_stored(&e);
+                Ok(Loaded::Done(code))
+            }
+            (Err(e), None) => Err(e.into()),
         }
-        Ok(entry) => {
-            entry.replay()?;
-            Ok(entry.exit_code())
-        }
-        Err(Error::Loader { source, .. }) => match source.downcast::<RunError>() {
-            Ok(run_error) => run_error.into_outcome(),
-            Err(other) => Err(other.into()),
-        },
-        Err(e) => Err(e.into()),
     }
 }
 
-/// The entry's key: `--key` as given, else `run-v1:` + the SHA-256 of a length-prefixed,
-/// tagged encoding of argv, the working directory (`--cwd`) and the `--env` variables
-/// (sorted by name; unset and empty differ). `v1` changes if the encoding or the stored
-/// record changes.
-fn entry_key(args: &RunArgs) -> std::io::Result<String> {
+/// What one `get_or_load` gave.
+enum Loaded {
+    /// Finished: exit with this status.
+    Done(u8),
+    /// A failure another caller stored, which `--discard-failures` must not replay.
+    StoredFailure,
+}
+
+fn warn_not_stored(error: &Error) {
+    tracing::warn!("the command's result could not be stored: {error}");
+}
+
+/// The entry's key: `--key` as given (after the `--scope`, if any), else `run-v2:` + the
+/// SHA-256 of a length-prefixed, tagged encoding of the scope, argv, the working directory
+/// (`--cwd`), the `--env` variables that are set (sorted by name; set-but-empty counts) and
+/// the modification times of the `--modtime` files (sorted by path; a missing file counts
+/// as missing). `v2` changes if the encoding or the stored record changes.
+fn entry_key(args: &RunArgs) -> Result<String, Failure> {
     if let Some(key) = &args.key {
-        return Ok(key.clone());
+        return Ok(match &args.scope {
+            Some(scope) => format!("{scope:?}/{key}"),
+            None => key.clone(),
+        });
     }
     let mut hash = Sha256::new();
     let mut field = |tag: u8, bytes: &[u8]| {
@@ -114,7 +273,10 @@ fn entry_key(args: &RunArgs) -> std::io::Result<String> {
         hash.update((bytes.len() as u64).to_le_bytes());
         hash.update(bytes);
     };
-    field(b'V', b"concurio run v1");
+    field(b'V', b"concurio run v2");
+    if let Some(scope) = &args.scope {
+        field(b's', scope.as_bytes());
+    }
     for arg in &args.command {
         field(b'a', arg.as_encoded_bytes());
     }
@@ -128,23 +290,56 @@ fn entry_key(args: &RunArgs) -> std::io::Result<String> {
     names.sort();
     names.dedup();
     for name in &names {
-        field(b'n', name.as_bytes());
-        match std::env::var_os(name) {
-            Some(value) => field(b'v', value.as_encoded_bytes()),
-            None => field(b'u', b""),
+        // As in bkt: an unset variable adds nothing, so `--env X` with X unset shares the
+        // entry of a call without it.
+        if let Some(value) = std::env::var_os(name) {
+            field(b'n', name.as_bytes());
+            field(b'v', value.as_encoded_bytes());
+        }
+    }
+    for (path, modified) in modtimes(&args.modtime)? {
+        field(b'm', path.as_os_str().as_encoded_bytes());
+        match modified {
+            Some(ns) => field(b't', &ns.to_le_bytes()),
+            None => field(b'x', b""),
         }
     }
     let digest = hash.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("run-v1:{hex}"))
+    Ok(format!("run-v2:{hex}"))
+}
+
+/// The `--modtime` files, absolute and sorted, with their modification times in nanoseconds
+/// since the epoch (`None`: missing).
+fn modtimes(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<(std::path::PathBuf, Option<u128>)>, Failure> {
+    let mut out = Vec::new();
+    for path in paths {
+        let absolute =
+            std::path::absolute(path).map_err(|e| format!("--modtime {}: {e}", path.display()))?;
+        let modified = match std::fs::metadata(&absolute).and_then(|m| m.modified()) {
+            Ok(time) => Some(
+                time.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("--modtime {}: {e}", path.display()).into()),
+        };
+        out.push((absolute, modified));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// Starts `concurio <our arguments, with --refresh after "run">` detached, with null stdio,
-/// and does not wait for it. Failure to start it only logs a warning: the stale replay
-/// still happens.
+/// and does not wait for it. Failure to start it only logs a warning: the replay (or the
+/// `--warm` call) still succeeds.
 fn spawn_refresh() {
     let mut argv: Vec<OsString> = std::env::args_os().skip(1).collect();
-    // Only -v/-q can precede the subcommand, so the first "run" is the subcommand.
+    // Only global options (-v/-q) can precede the subcommand, so the first "run" is it.
     let Some(at) = argv.iter().position(|a| a == "run") else {
         return;
     };
@@ -160,10 +355,7 @@ fn spawn_refresh() {
         cmd.spawn()
     });
     match spawned {
-        Ok(child) => tracing::info!(
-            pid = child.id(),
-            "refreshing a stale entry in the background"
-        ),
+        Ok(child) => tracing::info!(pid = child.id(), "refreshing in the background"),
         Err(e) => tracing::warn!("cannot start the background refresh: {e}"),
     }
 }

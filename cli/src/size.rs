@@ -18,6 +18,21 @@ pub fn parse(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size {text:?} (examples: 4096, 64K, 500M, 2G)"))
 }
 
+/// A byte count for people: `512 B`, `1.5 KiB`, `3.0 MiB`, ... (powers of 1024, as `parse`).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -29,5 +44,14 @@ mod tests {
         assert!(super::parse("").is_err());
         assert!(super::parse("12X").is_err());
         assert!(super::parse("99999999999T").is_err());
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(super::human(0), "0 B");
+        assert_eq!(super::human(1023), "1023 B");
+        assert_eq!(super::human(1536), "1.5 KiB");
+        assert_eq!(super::human(3 << 20), "3.0 MiB");
+        assert_eq!(super::human(5 << 30), "5.0 GiB");
     }
 }

@@ -95,7 +95,7 @@ fn dir_and_name_pick_the_cache() {
 fn prune_and_purge_remove_expired_entries() {
     let sb = Sandbox::new();
     sb.ok(&run_args(
-        &["--ttl", "1s", "--key", "short"],
+        &["--ttl", "1s", "--keep", "1s", "--key", "short"],
         &counted("echo a"),
     ));
     sb.ok(&run_args(
@@ -167,4 +167,113 @@ fn size_limit_is_stored_and_check_repairs() {
     assert_eq!(report["entries"], 1, "{report}");
     assert_eq!(report["removed_files"], 1, "{report}");
     assert!(!debris.exists());
+}
+
+#[test]
+fn list_shows_commands_human_sizes_and_aligned_columns() {
+    let sb = Sandbox::new();
+    sb.ok(&["run", "--", "sh", "-c", "echo short"]);
+    sb.ok(&["run", "--", "sh", "-c", "head -c 300000 /dev/zero", "a b"]);
+    sb.ok(&["run", "--key", "named", "--", "echo", "hi"]);
+    let text = sb.ok(&["cache", "list"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        !text.contains("run-v"),
+        "a hash instead of the command: {text}"
+    );
+    let at = lines[0].find("COMMAND").expect("header");
+    let mut found = Vec::new();
+    for line in &lines[1..] {
+        let what = &line[at..];
+        assert!(
+            !line[..at].ends_with(|c: char| !c.is_whitespace()),
+            "misaligned: {text}"
+        );
+        found.push(what.to_owned());
+    }
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "named = echo hi",
+            "sh -c 'echo short'",
+            "sh -c 'head -c 300000 /dev/zero' 'a b'"
+        ],
+        "{text}"
+    );
+    assert!(text.contains(" KiB  sh -c 'head"), "human size: {text}");
+    assert!(
+        text.contains(" B  sh -c 'echo short'"),
+        "human size: {text}"
+    );
+    let json = sb.json(&["cache", "list", "--json"]);
+    let commands: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["command"].as_str().unwrap())
+        .collect();
+    assert!(commands.contains(&"echo hi"), "{json}");
+    assert!(
+        sb.ok(&["cache", "stats"]).contains(" KiB"),
+        "stats bytes in human units"
+    );
+}
+
+#[test]
+fn delete_and_clear_have_a_dry_run_that_removes_nothing() {
+    let sb = Sandbox::new();
+    for key in ["alpha", "beta"] {
+        sb.ok(&run_args(&["--key", key], &counted(&format!("echo {key}"))));
+    }
+    let report = sb.json(&["cache", "delete", "alpha", "--dry-run", "--json"]);
+    assert_eq!(report["would_delete"], true, "{report}");
+    let report = sb.json(&["cache", "delete", "gamma", "--dry-run", "--json"]);
+    assert_eq!(report["would_delete"], false, "{report}");
+    assert!(
+        sb.ok(&["cache", "delete", "alpha", "--dry-run"])
+            .starts_with("would delete: alpha")
+    );
+    let report = sb.json(&["cache", "clear", "--dry-run", "--json"]);
+    assert_eq!(report["would_remove"], 2, "{report}");
+    assert!(report["bytes"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        sb.ok(&["cache", "clear", "--dry-run"])
+            .starts_with("would remove 2 entries (")
+    );
+    assert_eq!(
+        sb.json(&["cache", "stats", "--json"])["entries"],
+        2,
+        "a dry run removed"
+    );
+    assert_eq!(sb.json(&["cache", "clear", "--json"])["removed"], 2);
+}
+
+#[test]
+fn path_says_where_a_cache_lives_without_creating_it() {
+    let sb = Sandbox::new();
+    let base = sb.path().canonicalize().unwrap();
+    let default = base.join("dbx_concurio/run");
+    assert_eq!(
+        sb.ok(&["cache", "path"]).trim_end(),
+        default.to_str().unwrap()
+    );
+    assert!(!default.exists(), "cache path created the cache");
+    let named = sb.json(&["cache", "path", "--name", "n", "--json"]);
+    assert_eq!(
+        named["directory"],
+        base.join("dbx_concurio/n").to_str().unwrap()
+    );
+    assert_eq!(
+        sb.ok(&["cache", "path", "--dir", "d"]).trim_end(),
+        base.join("d").to_str().unwrap()
+    );
+    sb.ok(&run_args(&["--dir", "d"], &counted("echo hi")));
+    let stats = sb.json(&["cache", "stats", "--dir", "d", "--json"]);
+    assert_eq!(
+        stats["directory"],
+        base.join("d").to_str().unwrap(),
+        "path and use agree"
+    );
 }

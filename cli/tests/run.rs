@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Sandbox, counted, run_args};
+use common::{Sandbox, Tmpfs, counted, run_args};
 
 #[test]
 fn eight_concurrent_identical_runs_execute_the_command_once() {
@@ -188,7 +188,7 @@ fn stdin_is_null_unless_asked() {
 #[test]
 fn output_is_streamed_while_the_command_runs() {
     let sb = Sandbox::new();
-    let script = "echo first; while [ ! -f go ]; do sleep 0.05; done; echo second";
+    let script = format!("echo first; {AWAIT_GO} echo second");
     let argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
     let mut cmd = sb.cmd();
     cmd.args(run_args(&[], &argv));
@@ -212,34 +212,6 @@ fn output_is_streamed_while_the_command_runs() {
 }
 
 #[test]
-fn stale_entries_replay_at_once_and_refresh_in_the_background() {
-    let sb = Sandbox::new();
-    let argv = counted("wc -l < counter | tr -d ' '");
-    let args = run_args(&["--ttl", "2s", "--stale", "1m"], &argv);
-    assert_eq!(sb.ok(&args), "1\n");
-    std::thread::sleep(Duration::from_millis(2200));
-    assert_eq!(sb.ok(&args), "1\n", "the stale result is served");
-    // The refresh runs detached; poll until its result replays (bounded).
-    let mut seen = String::new();
-    for _ in 0..100 {
-        seen = sb.ok(&args);
-        if seen != "1\n" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        seen, "2\n",
-        "the background refresh did not store a new result"
-    );
-    assert_eq!(
-        sb.runs(),
-        2,
-        "concurrent refreshes ran the command more than once"
-    );
-}
-
-#[test]
 fn a_command_that_cannot_start_is_one_error_line_and_127() {
     let sb = Sandbox::new();
     let out = sb.concurio(&["run", "--", "/no/such/command-xyz"]);
@@ -255,12 +227,96 @@ fn a_command_that_cannot_start_is_one_error_line_and_127() {
     assert_eq!(json["entries"], 0, "a failure to start is cached");
 }
 
+/// Reads `from` to its end on a thread, sending each "waiting for" line.
+fn notices(
+    from: impl BufRead + Send + 'static,
+) -> (mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in from.lines().map_while(Result::ok) {
+            if line.contains("waiting for") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    (rx, reader)
+}
+
+#[test]
+fn a_waiting_caller_on_a_terminal_says_whom_it_waits_for_without_v() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("skipped: `script` (util-linux), which gives a command a terminal, is missing");
+        return;
+    }
+    let sb = Sandbox::new();
+    let script = format!("echo x >> counter; touch started; {AWAIT_GO} echo done");
+    let argv = vec!["sh".to_owned(), "-c".to_owned(), script.clone()];
+    let holder = sb
+        .cmd()
+        .args(run_args(&[], &argv))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(30, || sb.path().join("started").exists().then_some(())).is_some());
+    // The waiter runs on a pseudo-terminal (stdout and stderr), without -v.
+    std::fs::write(
+        sb.path().join("waiter.sh"),
+        "exec \"$CONCURIO\" run -- sh -c \"$SCRIPT\"\n",
+    )
+    .unwrap();
+    let mut waiter = std::process::Command::new("script");
+    common::clean_env(&mut waiter);
+    let mut waiter = waiter
+        .args(["-qec", "sh waiter.sh", "/dev/null"])
+        .env("DBX_CONCURIO_CACHE_DIR", sb.path())
+        .env("CONCURIO", env!("CARGO_BIN_EXE_concurio"))
+        .env("SCRIPT", &script)
+        .current_dir(sb.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let terminal = BufReader::new(waiter.stdout.take().unwrap());
+    let (notices, reader) = notices(terminal);
+    let notice = notices.recv_timeout(Duration::from_secs(30));
+    std::fs::write(sb.path().join("go"), "").unwrap();
+    let notice = notice.expect("no notice on the terminal");
+    let expected = format!("concurio: waiting for pid {}: sh -c", holder.id());
+    assert!(notice.trim_end().starts_with(&expected), "{notice}");
+    assert!(holder.wait_with_output().unwrap().status.success());
+    assert!(waiter.wait().unwrap().success());
+    reader.join().unwrap();
+    assert_eq!(sb.runs(), 1);
+}
+
+#[test]
+fn an_error_into_a_closed_pipe_keeps_its_exit_status() {
+    let sb = Sandbox::new();
+    // stderr is a pipe whose reader is gone before concurio writes its error line.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = sb
+        .cmd()
+        .args(["run", "--ttl", "10m", "--stale", "1h", "--", "true"])
+        .stderr(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "panicked instead: {out:?}");
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let sb = Sandbox::new();
-    let cases: [&[&str]; 6] = [
+    let cases: [&[&str]; 9] = [
         &[],
         &["run"],
+        &["run", "--key", "k", "--cwd", "--", "true"], // --key is the whole key
+        &["run", "--ttl", "0s", "--", "true"],
+        &["run", "--warm", "--force", "--", "true"],
         &["run", "--ttl", "soon", "--", "true"],
         &["frobnicate"],
         &["cache", "get"],
@@ -271,4 +327,257 @@ fn usage_errors_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         assert!(!out.stderr.is_empty(), "{args:?}");
     }
+}
+
+/// Waits for a file `go` in the working directory, for 60 s at most (a test that failed
+/// early must not leave a command behind forever).
+const AWAIT_GO: &str =
+    "i=0; while [ ! -f go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done;";
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `secs` seconds.
+fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..secs * 10 {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[test]
+fn stale_is_bkts_stale_replay_at_once_then_refresh_in_the_background() {
+    let sb = Sandbox::new();
+    let argv = counted("wc -l < counter | tr -d ' '");
+    let args = run_args(&["--ttl", "10m", "--stale", "1s"], &argv);
+    assert_eq!(sb.ok(&args), "1\n");
+    assert_eq!(
+        sb.ok(&args),
+        "1\n",
+        "younger than --stale: replayed, no refresh"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        sb.ok(&args),
+        "1\n",
+        "older than --stale: the old result at once"
+    );
+    let refreshed = eventually(10, || (sb.ok(&args) == "2\n").then_some(()));
+    assert!(refreshed.is_some(), "no background refresh within the TTL");
+    assert_eq!(sb.runs(), 2, "the refresh ran more than once");
+}
+
+#[test]
+fn stale_at_or_past_the_ttl_is_a_usage_error_that_gives_the_new_spelling() {
+    let sb = Sandbox::new();
+    let out = sb.concurio(&["run", "--ttl", "10m", "--stale", "1h", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--ttl 1h10m --stale 10m"), "{stderr}");
+    assert_eq!(sb.runs(), 0);
+}
+
+#[test]
+fn ttl_stale_and_scope_have_concurio_environment_defaults() {
+    let sb = Sandbox::new();
+    let argv = counted("wc -l < counter | tr -d ' '");
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = sb.cmd();
+        cmd.args(run_args(&[], &argv)).envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(run(&[("CONCURIO_TTL", "1s")]), "1\n");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        run(&[("CONCURIO_TTL", "1s")]),
+        "2\n",
+        "CONCURIO_TTL=1s ignored"
+    );
+    assert_eq!(
+        run(&[("CONCURIO_SCOPE", "a")]),
+        "3\n",
+        "a scope is its own entry"
+    );
+    assert_eq!(run(&[("CONCURIO_SCOPE", "a")]), "3\n");
+    assert_eq!(sb.ok(&run_args(&["--scope", "a"], &argv)), "3\n");
+    // CONCURIO_STALE where it is shorter than the TTL; ignored (not an error) where not.
+    let stale = |value: &str, ttl: &str| {
+        let mut cmd = sb.cmd();
+        cmd.args(run_args(&["--ttl", ttl, "--scope", "stale"], &argv))
+            .env("CONCURIO_STALE", value);
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(stale("2m", "1m"), "4\n");
+    assert_eq!(stale("2m", "1m"), "4\n");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        stale("1s", "1m"),
+        "4\n",
+        "older than CONCURIO_STALE: replayed at once"
+    );
+    let refreshed = eventually(10, || (stale("1s", "1m") == "5\n").then_some(()));
+    assert!(refreshed.is_some(), "CONCURIO_STALE=1s did not refresh");
+}
+
+#[test]
+fn modtime_files_are_part_of_the_key() {
+    let sb = Sandbox::new();
+    let argv = counted("wc -l < counter | tr -d ' '");
+    let args = run_args(&["--modtime", "watched"], &argv);
+    assert_eq!(sb.ok(&args), "1\n", "a missing file is a state too");
+    assert_eq!(sb.ok(&args), "1\n");
+    let watched = sb.path().join("watched");
+    std::fs::write(&watched, "x").unwrap();
+    assert_eq!(sb.ok(&args), "2\n", "created");
+    assert_eq!(sb.ok(&args), "2\n");
+    let earlier = std::time::SystemTime::now() - Duration::from_secs(10);
+    let file = std::fs::File::options().write(true).open(&watched).unwrap();
+    file.set_modified(earlier).unwrap();
+    assert_eq!(sb.ok(&args), "3\n", "modified");
+    assert_eq!(
+        sb.ok(&run_args(&[], &argv)),
+        "4\n",
+        "without --modtime: another entry"
+    );
+}
+
+#[test]
+fn warm_refreshes_in_the_background_and_returns_at_once() {
+    let sb = Sandbox::new();
+    let argv = counted(&format!("{AWAIT_GO} echo warmed"));
+    let out = sb.concurio(&run_args(&["--warm"], &argv));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    // It returned while the command still waits for `go`.
+    assert!(eventually(30, || (sb.runs() == 1).then_some(())).is_some());
+    std::fs::write(sb.path().join("go"), "").unwrap();
+    let stored = eventually(30, || {
+        let list = sb.json(&["cache", "list", "--json"]);
+        (list.as_array().unwrap().len() == 1).then_some(())
+    });
+    assert!(stored.is_some(), "the warmed result was not stored");
+    std::fs::remove_file(sb.path().join("go")).unwrap(); // would hang if it ran again
+    assert_eq!(sb.ok(&run_args(&[], &argv)), "warmed\n");
+    assert_eq!(sb.runs(), 1);
+}
+
+#[test]
+fn the_callers_ttl_decides_whether_a_result_is_fresh() {
+    let sb = Sandbox::new();
+    let argv = counted("wc -l < counter | tr -d ' '");
+    assert_eq!(sb.ok(&run_args(&["--ttl", "1s"], &argv)), "1\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        sb.ok(&run_args(&["--ttl", "30s"], &argv)),
+        "1\n",
+        "1.5 s old is fresh for a 30 s TTL"
+    );
+    assert_eq!(
+        sb.ok(&run_args(&["--ttl", "1s"], &argv)),
+        "2\n",
+        "but not for 1 s"
+    );
+    assert_eq!(sb.runs(), 2);
+}
+
+#[test]
+fn discard_failures_never_replays_a_failure_stored_without_it() {
+    // bkt's discard_failure_cached_separately (the bug bkt fixed in 0.5.4).
+    let sb = Sandbox::new();
+    let argv = counted("exit \"$EXIT_WITH\"");
+    let run = |flags: &[&str], code: &str| {
+        let mut cmd = sb.cmd();
+        cmd.args(run_args(flags, &argv)).env("EXIT_WITH", code);
+        cmd.output().unwrap().status.code()
+    };
+    assert_eq!(run(&[], "14"), Some(14));
+    assert_eq!(
+        run(&["--discard-failures"], "0"),
+        Some(0),
+        "replayed the failure"
+    );
+    assert_eq!(sb.runs(), 2);
+    // The success it stored serves every caller.
+    assert_eq!(run(&[], "14"), Some(0));
+    assert_eq!(sb.runs(), 2);
+}
+
+#[test]
+fn a_result_that_cannot_be_stored_exits_with_the_commands_status_and_warns() {
+    let sb = Sandbox::new();
+    let Some(fs) = Tmpfs::mount(&sb.path().join("small"), "2m") else {
+        println!("skipped: cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)");
+        return;
+    };
+    // 3 MiB of output cannot be stored in a 2 MiB file system.
+    let argv = counted("head -c 3145728 /dev/zero; exit 5");
+    for flags in [&[][..], &["--force"][..]] {
+        let out = sb
+            .cmd()
+            .env("DBX_CONCURIO_CACHE_DIR", &fs.0)
+            .args(run_args(flags, &argv))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{flags:?}: {stderr}");
+        assert_eq!(out.stdout.len(), 3 << 20, "the output was streamed");
+        assert!(
+            stderr.contains("could not be stored"),
+            "{flags:?}: {stderr}"
+        );
+    }
+    assert_eq!(sb.runs(), 2);
+}
+
+#[test]
+fn a_waiting_caller_says_whom_it_waits_for() {
+    let sb = Sandbox::new();
+    let argv = counted(&format!("touch started; {AWAIT_GO} echo done"));
+    let args = run_args(&[], &argv);
+    let holder = sb.cmd().args(&args).stdout(Stdio::piped()).spawn().unwrap();
+    assert!(eventually(30, || sb.path().join("started").exists().then_some(())).is_some());
+    let mut verbose_args = vec!["-v"];
+    verbose_args.extend(&args);
+    let mut waiter = sb
+        .cmd()
+        .args(&verbose_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let quiet_waiter = sb
+        .cmd()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(waiter.stderr.take().unwrap());
+    let (notices, reader) = notices(stderr);
+    let notice = notices.recv_timeout(Duration::from_secs(30));
+    std::fs::write(sb.path().join("go"), "").unwrap();
+    let expected = format!(
+        "concurio: waiting for pid {}: sh -c 'echo x >> counter;",
+        holder.id()
+    );
+    let notice = notice.expect("no notice while waiting");
+    assert!(notice.starts_with(&expected), "{notice}");
+    let children = [
+        ("holder", holder),
+        ("waiter", waiter),
+        ("quiet", quiet_waiter),
+    ];
+    for (name, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        assert_eq!(out.stdout, b"done\n", "{name}");
+        // The waiter's stderr went to the reader; the others are not on a terminal, no -v.
+        assert!(out.stderr.is_empty(), "{name}: {out:?}");
+    }
+    reader.join().unwrap();
+    assert_eq!(sb.runs(), 1);
 }

@@ -24,10 +24,9 @@ impl Sandbox {
     pub fn cmd(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_concurio"));
         cmd.env("DBX_CONCURIO_CACHE_DIR", self.path())
-            .env_remove("CONCURIO_LOG")
-            .env_remove("DBX_CONCURIO_OFFLINE")
             .current_dir(self.path())
             .stdin(Stdio::null());
+        clean_env(&mut cmd);
         cmd
     }
 
@@ -60,6 +59,23 @@ impl Sandbox {
     }
 }
 
+/// Removes the variables concurio reads (but DBX_CONCURIO_CACHE_DIR) from `cmd`'s
+/// environment, so that the caller's shell cannot change what a test sees.
+pub fn clean_env(cmd: &mut Command) {
+    for name in [
+        "CONCURIO_LOG",
+        "CONCURIO_TTL",
+        "CONCURIO_STALE",
+        "CONCURIO_SCOPE",
+        "CONCURIO_CACHE_DIR",
+        "CONCURIO_UNCACHED_FALLBACK",
+        "CONCURIO_OFFLINE",
+        "DBX_CONCURIO_OFFLINE",
+    ] {
+        cmd.env_remove(name);
+    }
+}
+
 /// `sh -c 'echo x >> counter; SCRIPT'`: counts its runs in the sandbox's counter file (the
 /// working directory), then runs SCRIPT.
 pub fn counted(script: &str) -> Vec<String> {
@@ -74,4 +90,34 @@ pub fn run_args<'a>(flags: &[&'a str], argv: &'a [String]) -> Vec<&'a str> {
     args.push("--");
     args.extend(argv.iter().map(String::as_str));
     args
+}
+
+/// A tmpfs of `size`, mounted for one test, unmounted when dropped (needs root and
+/// CAP_SYS_ADMIN; `mount` returns `None` elsewhere). The library's tests/faults.rs has its
+/// own: the two test crates share no code.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
