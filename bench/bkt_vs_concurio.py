@@ -3,13 +3,13 @@
 
 Both tools cache the same command (`echo hello`) with a TTL of an hour, primed once; then
 each hit runs as a fresh process, alternating tools, ROUNDS times. Prints the median wall
-time and the median peak RSS (from wait4's rusage) per hit, and the ratios.
+time per hit, the median peak RSS (GNU time, 20 runs), and the ratios.
 
     bench/bkt_vs_concurio.sh   # builds concurio, installs bkt with cargo, runs this
 """
 import os
-import statistics
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -18,15 +18,38 @@ ROUNDS = int(os.environ.get("ROUNDS", "200"))
 
 
 def run(argv, env):
+    # posix_spawn (vfork + exec): the child's peak RSS is its own, not a copy of Python's.
+    out_r, out_w = os.pipe()
+    devnull = os.open(os.devnull, os.O_WRONLY)
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, _, rusage = os.wait4(proc.pid, 0)
+    pid = os.posix_spawn(
+        argv[0],
+        argv,
+        env,
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, devnull, 2),
+            (os.POSIX_SPAWN_CLOSE, out_r),
+        ],
+    )
+    os.close(out_w)
+    os.close(devnull)
+    out = b""
+    while chunk := os.read(out_r, 65536):
+        out += chunk
+    _, status, rusage = os.wait4(pid, 0)
     elapsed = time.perf_counter() - start
-    out = proc.stdout.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    assert out == b"hello\n", (argv, out)
-    return elapsed, rusage.ru_maxrss  # kB on Linux
+    os.close(out_r)
+    assert status == 0 and out == b"hello\n", (argv, status, out)
+    return elapsed
+
+
+def peak_rss_kb(argv, env):
+    """Peak RSS of one hit, from GNU time (its own fork, so Python's memory is not counted)."""
+    out = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *argv], env=env, capture_output=True, check=True
+    )
+    return int(out.stderr.decode().strip().splitlines()[-1])
 
 
 def main():
@@ -49,8 +72,8 @@ def main():
                 samples[name].append(run(argv, env))
         med = {
             name: (
-                statistics.median(s[0] for s in v) * 1e3,
-                statistics.median(s[1] for s in v) / 1024,
+                statistics.median(v) * 1e3,
+                statistics.median(peak_rss_kb(tools[name], env) for _ in range(20)) / 1024,
             )
             for name, v in samples.items()
         }

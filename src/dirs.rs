@@ -24,6 +24,7 @@ pub const CACHE_DIR_ENV: &str = "DBX_CONCURIO_CACHE_DIR";
 
 /// Prefix of the temp file `prepare` writes to test a directory; one left by a killed
 /// process is debris that cleanups remove.
+/// Prefix of the probe files earlier versions wrote to test a directory (debris to sweep).
 pub(crate) const WRITE_PROBE_PREFIX: &str = ".write-probe";
 
 /// The module name used for the default location.
@@ -65,7 +66,7 @@ pub fn default_root() -> PathBuf {
         Ok(meta) => sys::unsafe_dir_reason(&meta),
         Err(_) => None, // missing (ours to create), or an error `prepare` reports
     };
-    let (Some(reason), Some(uid)) = (reason, user_id()) else {
+    let (Some(reason), Some(uid)) = (reason, sys::user_id()) else {
         return shared;
     };
     let own = base.join(format!("{MODULE_DIR}-{uid}"));
@@ -119,12 +120,9 @@ fn check_name(name: &str) -> Result<&Path> {
 /// of the default locations must also be ours and not writable by others.
 pub(crate) fn prepare(dir: &Path) -> Result<()> {
     walk_private(dir, true)?;
-    // A probe file: the only reliable "can write here" test (read-only mounts, ACLs, quotas).
-    tempfile::Builder::new()
-        .prefix(WRITE_PROBE_PREFIX)
-        .tempfile_in(dir)
-        .at("write in", dir)?;
-    Ok(())
+    // Asked of the kernel with our effective ids: read-only mounts (EROFS), modes and ACLs.
+    // Writing a probe file instead would make every open write, even a read-only one.
+    sys::check_writable(dir).at("write in", dir)
 }
 
 /// Checks, without creating or writing anything, that an existing `dir` is a directory and,
@@ -252,20 +250,6 @@ pub(crate) fn resolve_and_prepare(
         }
         Err(err) => Err(err),
     }
-}
-
-/// The effective user id, which names the per-user fallback root. (Platform code belongs in
-/// `sys`; it is here while `sys` is being reworked, and moves there with it.)
-#[cfg(unix)]
-fn user_id() -> Option<u32> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    Some(unsafe { libc::geteuid() })
-}
-
-/// Elsewhere the temp dir is per user already: no fallback.
-#[cfg(not(unix))]
-fn user_id() -> Option<u32> {
-    None
 }
 
 /// Lower-case hex of `bytes`.

@@ -214,6 +214,21 @@ fn child_main() {
             );
             println!("DESCRIPTORS {one} {two}");
         }
+        // Opens the cache, reads a hit and a miss, exits.
+        "read-only" => {
+            let cache = open(&dir);
+            let hit = cache.get::<String>("k").expect("get").map(|v| v.value);
+            assert_eq!(hit.as_deref(), Some("v"));
+            assert!(cache.get::<String>("missing").expect("get").is_none());
+            let v = cache
+                .get_or_load(
+                    "k",
+                    || Ok::<_, std::io::Error>("reloaded".to_string()),
+                    None,
+                )
+                .expect("get_or_load");
+            assert_eq!(v.value, "v");
+        }
         // Reads `key` from a fresh process.
         "reader" => {
             let key = std::env::var("KEY").expect("KEY");
@@ -809,6 +824,49 @@ fn a_command_started_by_a_process_with_an_open_cache_inherits_none_of_its_files(
         .filter(|l| l.contains(root.to_str().unwrap()))
         .collect();
     assert!(leaked.is_empty(), "inherited: {leaked:?}");
+}
+
+// ---------------------------------------------------------------- reading writes nothing
+
+/// Every file and directory under `dir` with its inode, length and modification time,
+/// except the two files that are shared memory by design (LMDB's reader table and our
+/// hit counters: updating them is how readers coordinate, not a write of cache data).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, u64, SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+        let name = path.file_name().unwrap_or_default();
+        if name == "lock.mdb" || name == ".counters" {
+            out.push((path, meta.ino(), meta.len(), SystemTime::UNIX_EPOCH));
+            continue;
+        }
+        out.push((path, meta.ino(), meta.len(), meta.modified().unwrap()));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_process_that_only_reads_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    let writer = open(&dir);
+    writer.set("k", &"v".to_string(), None).unwrap();
+    drop(writer); // closes and flushes: the cache is clean and closed
+    let before = snapshot(&dir);
+    std::thread::sleep(Duration::from_millis(20)); // a write now would show in mtimes
+    run_role("read-only", &dir, &[], Duration::from_secs(30));
+    assert_eq!(snapshot(&dir), before);
 }
 
 // ---------------------------------------------------------------- also

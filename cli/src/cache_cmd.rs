@@ -27,14 +27,24 @@ pub fn cache(command: CacheCommand) -> Outcome {
             opts,
             older_than,
             root,
+            dry_run,
         } => {
             let cache = opts.location.open()?;
-            let purged = cache.purge_expired()?;
-            let removed = crate::install::prune_executables(older_than, root.as_deref())?;
-            let report = json!({ "expired_removed": purged, "executables_removed": removed });
+            let purged = if dry_run {
+                cache.entries()?.iter().filter(|e| e.expired).count()
+            } else {
+                cache.purge_expired()?
+            };
+            let removed = crate::install::prune_executables(older_than, root.as_deref(), dry_run)?;
+            let report = json!({
+                "expired_removed": purged,
+                "executables_removed": removed,
+                "dry_run": dry_run,
+            });
+            let verb = if dry_run { "would remove" } else { "removed" };
             emit(&opts, &report, || {
                 format!(
-                    "removed {purged} expired entries and {} executables",
+                    "{verb} {purged} expired entries and {} executables",
                     removed.len()
                 )
             })

@@ -329,6 +329,9 @@ pub enum CacheCommand {
         older_than: Option<Duration>,
         #[arg(long, value_name = "DIR", help = ROOT_HELP)]
         root: Option<PathBuf>,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         opts: CacheOpts,
     },

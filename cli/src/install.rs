@@ -162,8 +162,9 @@ fn not_installed(id: &str) -> Failure {
 pub fn prune_executables(
     older_than: Option<Duration>,
     root: Option<&Path>,
+    dry_run: bool,
 ) -> Result<Vec<String>, Failure> {
-    let mut gc = Gc::new();
+    let mut gc = Gc::new().dry_run(dry_run);
     if let Some(age) = older_than {
         gc = gc.older_than(age);
     }

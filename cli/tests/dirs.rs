@@ -135,7 +135,15 @@ impl SharedTmp {
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::copy(env!("CARGO_BIN_EXE_concurio"), bin.join("concurio")).unwrap();
+        // Copied by `cp`, not by this process: a write descriptor of the copy open here
+        // would be inherited by children other test threads fork meanwhile, and exec of a
+        // file open for writing fails with ETXTBSY.
+        let copied = std::process::Command::new("cp")
+            .arg(env!("CARGO_BIN_EXE_concurio"))
+            .arg(bin.join("concurio"))
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp concurio: {copied}");
         SharedTmp { dir }
     }
 

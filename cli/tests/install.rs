@@ -108,7 +108,7 @@ fn checksum_mismatch_fails_with_a_message_and_installs_nothing() {
 }
 
 #[test]
-fn offline_install_of_a_missing_tool_fails_and_prune_removes_old_executables() {
+fn offline_install_of_a_missing_tool_fails_and_prune_removes_old_executables_dry_run_only_tells() {
     let sb = Sandbox::new();
     let (base, requests) = serve();
     let url = format!("{base}/tool");
@@ -123,6 +123,24 @@ fn offline_install_of_a_missing_tool_fails_and_prune_removes_old_executables() {
     );
     let kept = sb.json(&["cache", "prune", "--older-than", "1h", "--json"]);
     assert_eq!(kept["executables_removed"], serde_json::json!([]));
+    // A dry run names what would go and removes nothing.
+    let told = sb.json(&[
+        "cache",
+        "prune",
+        "--older-than",
+        "0s",
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(
+        told["executables_removed"],
+        serde_json::json!([path.trim_end()])
+    );
+    assert_eq!(told["dry_run"], serde_json::json!(true));
+    assert!(
+        std::path::Path::new(path.trim_end()).exists(),
+        "a dry run removed it"
+    );
     let pruned = sb.json(&["cache", "prune", "--older-than", "0s", "--json"]);
     assert_eq!(
         pruned["executables_removed"],

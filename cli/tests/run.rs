@@ -581,3 +581,32 @@ fn a_waiting_caller_says_whom_it_waits_for() {
     reader.join().unwrap();
     assert_eq!(sb.runs(), 1);
 }
+
+#[test]
+fn unrelated_commands_never_wait_for_each_other() {
+    // `--key slow` and `--key fast-213` shared one of the 256 lock stripes of earlier
+    // versions: the fast command waited for the slow one to finish.
+    let sb = Sandbox::new();
+    let script = format!("touch started; {AWAIT_GO} echo slow");
+    let mut slow = sb
+        .cmd()
+        .args([
+            "run", "--key", "slow", "--ttl", "1h", "--", "sh", "-c", &script,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(30, || sb.path().join("started").exists().then_some(())).is_some());
+    let fast = sb.ok(&[
+        "run", "--key", "fast-213", "--ttl", "1h", "--", "echo", "fast",
+    ]);
+    assert_eq!(fast, "fast\n");
+    // The slow command was still running when the fast one finished: nobody waited.
+    assert!(
+        slow.try_wait().unwrap().is_none(),
+        "the slow command ended first"
+    );
+    std::fs::write(sb.path().join("go"), "").unwrap();
+    let out = slow.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"slow\n");
+}

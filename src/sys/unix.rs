@@ -347,3 +347,32 @@ pub(crate) fn same_file(file: &File, path: &Path) -> io::Result<bool> {
 /// Whether execs may remove an identifier's lock file (under its lock): yes where a removed
 /// file stays lockable by whoever has it open, and [`same_file`] tells them.
 pub(crate) const CAN_REMOVE_LOCK_FILES: bool = true;
+
+/// The effective user id (names the per-user fallback root of a shared temp dir).
+pub(crate) fn user_id() -> Option<u32> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    Some(unsafe { libc::geteuid() })
+}
+
+/// Whether we may create files in `dir`, asked of the kernel with the effective ids
+/// (`faccessat(W_OK | X_OK, AT_EACCESS)`): read-only mounts fail with EROFS, modes and ACLs
+/// are applied as a real write would be. Writes nothing.
+pub(crate) fn check_writable(dir: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: a valid NUL-terminated path; faccessat only reads it.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -136,3 +136,16 @@ pub(crate) fn same_file(_file: &File, _path: &Path) -> io::Result<bool> {
 /// A file removed while others have it open lingers as "delete pending" on Windows and
 /// cannot be opened: an installer would fail instead of waiting. Lock files stay.
 pub(crate) const CAN_REMOVE_LOCK_FILES: bool = false;
+
+/// The temp dir is per user on Windows already: no per-user fallback root.
+pub(crate) fn user_id() -> Option<u32> {
+    None
+}
+
+/// A probe file: Windows has no faccessat that honours ACLs as a write would.
+pub(crate) fn check_writable(dir: &Path) -> io::Result<()> {
+    tempfile::Builder::new()
+        .prefix(".write-probe")
+        .tempfile_in(dir)
+        .map(drop)
+}
