@@ -67,6 +67,20 @@ pub fn while_waiting<T>(
     started: &AtomicBool,
     wait: impl FnOnce() -> T,
 ) -> T {
+    say_while_blocked(
+        notice,
+        || (!started.load(Ordering::SeqCst)).then(|| waiting_message(cache_dir, key)),
+        wait,
+    )
+}
+
+/// Runs `wait`; if `notice` is set and it is still running after [`NOTICE_AFTER`], prints
+/// `message()` once on stderr (nothing if it gives `None`).
+pub fn say_while_blocked<T>(
+    notice: bool,
+    message: impl FnOnce() -> Option<String> + Send,
+    wait: impl FnOnce() -> T,
+) -> T {
     if !notice {
         return wait();
     }
@@ -77,8 +91,7 @@ pub fn while_waiting<T>(
                 finished.recv_timeout(NOTICE_AFTER),
                 Err(mpsc::RecvTimeoutError::Timeout)
             );
-            if timed_out && !started.load(Ordering::SeqCst) {
-                let message = waiting_message(cache_dir, key);
+            if timed_out && let Some(message) = message() {
                 let _ = writeln!(std::io::stderr(), "concurio: {message}");
             }
         });

@@ -12,7 +12,10 @@ use crate::cli::{ExecArgs, InstallArgs, UninstallArgs};
 use crate::{Failure, Outcome};
 
 /// Installs (or finds) the executable and prints only its absolute path on stdout.
-pub fn install(args: InstallArgs) -> Outcome {
+/// `notice`: if another process is installing the same identifier, say whom we wait for.
+pub fn install(args: InstallArgs, notice: bool) -> Outcome {
+    let root = args.root.clone();
+    let id = args.id.clone();
     let mut exe = Executable::new(args.source, args.id.as_str()).force(args.force);
     if let Some(hex) = args.sha256 {
         exe = exe.sha256(hex);
@@ -44,7 +47,11 @@ pub fn install(args: InstallArgs) -> Outcome {
             .ok_or_else(|| format!("--header {header:?}: expected NAME: VALUE"))?;
         exe = exe.header(name.trim(), value.trim());
     }
-    let path = exe.install()?;
+    let waiting_for = || {
+        execs::installer_of(&id, root.as_deref())
+            .map(|(pid, command)| format!("waiting for pid {pid}: {command}"))
+    };
+    let path = crate::holder::say_while_blocked(notice, waiting_for, || exe.install())?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", path.display())?;
     stdout.flush()?;

@@ -68,13 +68,12 @@ fn main() -> ExitCode {
 }
 
 fn try_main(cli: Cli) -> Outcome {
+    // Say whom we wait for (another run of the command, another install of the tool): on a
+    // terminal, or anywhere with -v; never with -q.
+    let notice = cli.quiet == 0 && (cli.verbose > 0 || std::io::stderr().is_terminal());
     match cli.command {
-        Command::Run(args) => {
-            // Say whom we wait for: on a terminal, or anywhere with -v; never with -q.
-            let notice = cli.quiet == 0 && (cli.verbose > 0 || std::io::stderr().is_terminal());
-            run::run(args, notice)
-        }
-        Command::Install(args) => install::install(args),
+        Command::Run(args) => run::run(args, notice),
+        Command::Install(args) => install::install(args, notice),
         Command::Exec(args) => install::exec(args),
         Command::Installed { root, json } => install::list(root.as_deref(), json),
         Command::Uninstall(args) => install::uninstall(args),

@@ -258,3 +258,73 @@ fn whole_archive_prints_the_member_inside_the_tree() {
     let ran = std::process::Command::new(path).output().unwrap();
     assert_eq!(ran.stdout, b"v3");
 }
+
+/// Issue 11.7: a second `concurio install` of an identifier that another process is
+/// installing says whom it waits for. The source is a FIFO: the first installer holds the
+/// install lock, blocked reading it, until the test writes the tool into it.
+#[test]
+fn a_waiting_install_says_whom_it_waits_for() {
+    use std::io::{BufRead, Write};
+    let sb = Sandbox::new();
+    let fifo = sb.path().join("tool.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let source = fifo.to_str().unwrap();
+    let args = ["install", source, "--id", "slow-tool"];
+    let holder = sb
+        .cmd()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The holder has the lock once its lock file names it.
+    let lock_named = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        walk_files(sb.path()).iter().any(|p| {
+            p.extension().is_some_and(|e| e == "lock")
+                && std::fs::read_to_string(p)
+                    .is_ok_and(|t| t.starts_with(&format!("{}\n", holder.id())))
+        })
+    });
+    assert!(lock_named, "the installer never noted itself in its lock file");
+    let mut waiter = sb
+        .cmd()
+        .arg("-v")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(waiter.stderr.take().unwrap());
+    let expected = format!("concurio: waiting for pid {}: ", holder.id());
+    let mut notice = String::new();
+    while stderr.read_line(&mut notice).unwrap() > 0 && !notice.contains(&expected) {}
+    assert!(notice.contains(&expected), "{notice}");
+    assert!(notice.contains("install"), "it says what the holder runs: {notice}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .unwrap()
+        .write_all(b"#!/bin/sh\necho slow\n")
+        .unwrap();
+    let held = holder.wait_with_output().unwrap();
+    let waited = waiter.wait_with_output().unwrap();
+    assert!(held.status.success() && waited.status.success());
+    assert_eq!(held.stdout, waited.stdout, "both print the one installed path");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

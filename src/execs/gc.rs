@@ -174,6 +174,25 @@ impl Gc {
     }
 }
 
+/// The process installing `identifier` right now, as (pid, command line), if another
+/// process holds its install lock (under `cache_root`; `None`: the default root). For
+/// saying whom a waiting install waits for; `None` when nobody else is installing it.
+pub fn installer_of(identifier: &str, cache_root: Option<&Path>) -> Option<(u32, String)> {
+    let executables = executables_dir(cache_root).ok()?;
+    let lock_file = lock_path(&executables, &identifier_hash(identifier));
+    if !lock_file.exists() {
+        return None; // no install running, and no lock file made for asking
+    }
+    // Held right now? (A free lock's file may still name its last holder.)
+    let held = crate::lock::FileLock::try_acquire(&lock_file, crate::lock::LockMode::Shared)
+        .ok()
+        .is_some_and(|lock| lock.is_none());
+    if !held {
+        return None;
+    }
+    super::id_lock::read_holder(&lock_file)
+}
+
 /// Removes the executable installed under `identifier` (under `cache_root`; `None`: the
 /// default root) and returns it; `Ok(None)` if it was not installed. Waits for the
 /// identifier's install lock, so an install in progress finishes first and is then removed.

@@ -35,7 +35,20 @@ impl IdLock {
     pub(super) fn acquire(path: &Path) -> Result<IdLock> {
         loop {
             let pin = open(path)?;
-            let lock = FileLock::acquire(path, LockMode::Exclusive, None)?;
+            let lock = match FileLock::try_acquire(path, LockMode::Exclusive)? {
+                Some(lock) => lock,
+                None => {
+                    match read_holder(path) {
+                        Some((pid, command)) => tracing::debug!(
+                            "waiting for pid {pid}: {command} (it installs the same identifier)"
+                        ),
+                        None => {
+                            tracing::debug!("waiting for another installer of {}", path.display())
+                        }
+                    }
+                    FileLock::acquire(path, LockMode::Exclusive, None)?
+                }
+            };
             if let Some(lock) = Self::checked(lock, pin, path)? {
                 return Ok(lock);
             }
@@ -64,6 +77,7 @@ impl IdLock {
             tracing::debug!("{} was replaced while we waited; again", path.display());
             return Ok(None);
         }
+        write_holder(&pin, path);
         Ok(Some(IdLock {
             _lock: lock,
             pin,
@@ -105,4 +119,30 @@ fn open(path: &Path) -> Result<File> {
         .create(true)
         .clone();
     options.open(path).at("open lock file", path)
+}
+
+/// Writes who holds the lock into the lock file: our pid, then our command line. Only
+/// informative (waiters say whom they wait for): failing to write it fails nothing.
+fn write_holder(pin: &File, path: &Path) {
+    use std::io::Write;
+    let command: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let written = pin.set_len(0).and_then(|()| {
+        let mut pin = pin;
+        writeln!(pin, "{}\n{}", std::process::id(), command.join(" "))
+    });
+    if let Err(err) = written {
+        tracing::debug!("cannot note the holder in {}: {err}", path.display());
+    }
+}
+
+/// The holder an install lock file names: (pid, command line), if it names one that is not
+/// this process. The file may name a holder that has finished: callers ask only while they
+/// wait for the lock.
+pub(super) fn read_holder(path: &Path) -> Option<(u32, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (pid, command) = text.split_once('\n')?;
+    let pid: u32 = pid.trim().parse().ok()?;
+    (pid != std::process::id()).then(|| (pid, command.trim_end().to_owned()))
 }

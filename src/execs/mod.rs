@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-pub use gc::{Gc, Installed, installed, uninstall};
+pub use gc::{Gc, Installed, installed, installer_of, uninstall};
 pub use install_path::InstallPath;
 
 /// Environment variable that turns on offline mode (`1`, `true` or `yes`) for every install
