@@ -16,17 +16,7 @@ use common::{child, child_role, sigkill};
 use dbx_concurio::Error;
 use dbx_concurio::caches::{DiskCache, DiskCacheValue};
 
-fn open(dir: &Path) -> DiskCache {
-    DiskCache::builder()
-        .directory(dir)
-        .fallback(false)
-        .build()
-        .expect("open cache")
-}
-
-fn env_path(name: &str) -> PathBuf {
-    PathBuf::from(std::env::var_os(name).expect("child env"))
-}
+use common::{env_path, open_dir as open};
 
 /// Waits for `child`; SIGKILLs it and fails after `limit` (a hang is a deadlock here).
 fn wait_or_kill(mut child: Child, limit: Duration, what: &str) -> Output {

@@ -289,7 +289,10 @@ fn a_waiting_install_says_whom_it_waits_for() {
                     .is_ok_and(|t| t.starts_with(&format!("{}\n", holder.id())))
         })
     });
-    assert!(lock_named, "the installer never noted itself in its lock file");
+    assert!(
+        lock_named,
+        "the installer never noted itself in its lock file"
+    );
     let mut waiter = sb
         .cmd()
         .arg("-v")
@@ -303,7 +306,10 @@ fn a_waiting_install_says_whom_it_waits_for() {
     let mut notice = String::new();
     while stderr.read_line(&mut notice).unwrap() > 0 && !notice.contains(&expected) {}
     assert!(notice.contains(&expected), "{notice}");
-    assert!(notice.contains("install"), "it says what the holder runs: {notice}");
+    assert!(
+        notice.contains("install"),
+        "it says what the holder runs: {notice}"
+    );
     std::fs::OpenOptions::new()
         .write(true)
         .open(&fifo)
@@ -313,7 +319,10 @@ fn a_waiting_install_says_whom_it_waits_for() {
     let held = holder.wait_with_output().unwrap();
     let waited = waiter.wait_with_output().unwrap();
     assert!(held.status.success() && waited.status.success());
-    assert_eq!(held.stdout, waited.stdout, "both print the one installed path");
+    assert_eq!(
+        held.stdout, waited.stdout,
+        "both print the one installed path"
+    );
 }
 
 fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -47,9 +47,18 @@ pub(crate) struct KeyLocks {
 #[derive(Debug)]
 pub(crate) struct KeyLock<'a> {
     locks: &'a KeyLocks,
+    held: Held,
+}
+
+/// What a held key lock consists of, for guards that own their store instead of borrowing
+/// the locks (async loads hold it across `.await`): give it back with [`KeyLocks::release`].
+#[must_use = "a held key lock must be released"]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
     slot: u64,
     /// Whether the byte-range lock is held (not on file systems without lock support).
     file_locked: bool,
+    generation: u64,
 }
 
 static WARNED_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
@@ -76,13 +85,43 @@ impl KeyLocks {
         let slot = slot_of(key);
         let mut guard = KeyLock {
             locks: self,
-            slot,
-            file_locked: false,
+            held: Held {
+                slot,
+                file_locked: false,
+                generation: self.generation,
+            },
         };
         let owners = self.wait_for_threads(key, slot, start, timeout)?;
         drop(owners);
-        guard.file_locked = self.lock_between_processes(key, slot, start, timeout)?;
+        guard.held.file_locked = self.lock_between_processes(key, slot, start, timeout)?;
         Ok(guard)
+    }
+
+    /// Like [`lock`](Self::lock), for a caller that releases it itself (async loads).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn acquire(&self, key: &str, timeout: Option<Duration>) -> Result<Held> {
+        let guard = self.lock(key, timeout)?;
+        let held = guard.held;
+        std::mem::forget(guard);
+        Ok(held)
+    }
+
+    /// Releases what [`acquire`](Self::acquire) took. A lock taken before a fork is the
+    /// parent's: a child neither releases the parent's byte lock nor touches a table copied
+    /// mid-update.
+    pub(crate) fn release(&self, held: Held) {
+        if held.generation != sys::fork_generation() {
+            return;
+        }
+        if held.file_locked
+            && let Err(err) = sys::unlock_byte(&self.file, held.slot)
+        {
+            tracing::warn!("cannot unlock {}: {err}", self.path.display());
+        }
+        let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+        owners.remove(&held.slot);
+        drop(owners);
+        self.freed.notify_all();
     }
 
     /// Level 1: takes `slot` in the owner table, waiting for the thread that has it.
@@ -188,24 +227,7 @@ impl KeyLocks {
 
 impl Drop for KeyLock<'_> {
     fn drop(&mut self) {
-        // A guard inherited by a forked child belongs to the parent's locks: the child must
-        // neither release the parent's byte lock nor touch a table copied mid-update.
-        if self.locks.generation != sys::fork_generation() {
-            return;
-        }
-        if self.file_locked
-            && let Err(err) = sys::unlock_byte(&self.locks.file, self.slot)
-        {
-            tracing::warn!("cannot unlock {}: {err}", self.locks.path.display());
-        }
-        let mut owners = self
-            .locks
-            .owners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        owners.remove(&self.slot);
-        drop(owners);
-        self.locks.freed.notify_all();
+        self.locks.release(self.held);
     }
 }
 

@@ -17,6 +17,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod blobs;
 mod counters;
 mod durability;
@@ -377,16 +379,36 @@ impl DiskCache {
         // Miss: one thread of this process, then one process, per key. Guards drop in reverse
         // order, also when the loader panics.
         let _lock = self.store.lock_key(key, self.lock_timeout)?;
-        if let Some(hit) = self.fresh(key, expire)? {
-            return Ok(hit); // another thread or process loaded it while we waited
+        if let Some(hit) = self.recheck_under_lock(key, expire)? {
+            return Ok(hit);
         }
-        // Loading into a deleted directory would store where nobody can see it.
+        let value = loader().map_err(|e| loader_error(key, e))?;
+        self.store_loaded(key, value, expire)
+    }
+
+    /// The steps of a load between taking the key's lock and running the loader: another
+    /// thread, task or process may have loaded the key while we waited; and loading into a
+    /// deleted directory would store where nobody can see it. Counts the miss.
+    fn recheck_under_lock<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        expire: Option<Duration>,
+    ) -> Result<Option<DiskCacheValue<T>>> {
+        if let Some(hit) = self.fresh(key, expire)? {
+            return Ok(Some(hit));
+        }
         self.store.ensure_present()?;
         self.store.count(false);
-        let value = loader().map_err(|e| Error::Loader {
-            key: key.to_owned(),
-            source: e.into(),
-        })?;
+        Ok(None)
+    }
+
+    /// Stores what a loader returned, still under the key's lock, and hands it back.
+    fn store_loaded<T: Serialize>(
+        &self,
+        key: &str,
+        value: T,
+        expire: Option<Duration>,
+    ) -> Result<DiskCacheValue<T>> {
         let payload = encode(key, &value)?;
         let meta = new_meta(now_ns(), expire, &payload);
         self.store.put(key, meta, &payload, PutMode::Replace)?;
@@ -563,6 +585,14 @@ impl fmt::Debug for DiskCache {
         f.debug_struct("DiskCache")
             .field("directory", &self.directory())
             .finish_non_exhaustive()
+    }
+}
+
+/// A loader's error, with the key it was loading.
+fn loader_error(key: &str, err: impl Into<BoxError>) -> Error {
+    Error::Loader {
+        key: key.to_owned(),
+        source: err.into(),
     }
 }
 

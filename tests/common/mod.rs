@@ -39,6 +39,20 @@ pub fn child(name: &str, role: &str) -> Command {
     cmd
 }
 
+/// Opens the cache in exactly `dir` (no fallback elsewhere).
+pub fn open_dir(dir: &Path) -> DiskCache {
+    DiskCache::builder()
+        .directory(dir)
+        .fallback(false)
+        .build()
+        .expect("open cache")
+}
+
+/// A path a child was given in its environment.
+pub fn env_path(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os(name).expect("child env"))
+}
+
 /// The role this process was started with, if it is a child.
 pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
