@@ -18,6 +18,10 @@
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
+#[cfg(feature = "macros")]
+#[doc(hidden)]
+#[path = "macro_support.rs"]
+pub mod __macro;
 mod atomic;
 pub mod caches;
 mod dirs;
@@ -26,6 +30,10 @@ pub mod execs;
 mod lock;
 mod sys;
 
+/// Memoizes a function in a [`caches::DiskCache`] (feature `macros`); see
+/// [`dbx_concurio_macros::cached`].
+#[cfg(feature = "macros")]
+pub use dbx_concurio_macros::cached;
 pub use dirs::{CACHE_DIR_ENV, base_dir, default_root};
 pub use error::{BoxError, Error, Result};
 
