@@ -20,6 +20,7 @@
 #[cfg(feature = "tokio")]
 mod asynchronous;
 mod blobs;
+mod codec;
 mod counters;
 mod durability;
 pub(crate) mod index;
@@ -44,8 +45,9 @@ pub use store::CheckReport;
 
 use crate::dirs::{self, Location};
 use crate::error::{BoxError, Error, Result};
+use codec::encode;
 use open::Store;
-use record::Meta;
+use record::{Format, Meta};
 use store::{Lookup, PutMode, Restamp};
 
 /// Which entries go first when a size-limited cache is full.
@@ -280,14 +282,7 @@ impl DiskCache {
     /// Errors: [`Error::Decode`] if the value is not a `T`; [`Error::Corrupt`] if its bytes
     /// fail their checksum.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<DiskCacheValue<T>>> {
-        let now = LazyNow::default();
-        match self.lookup(key, |meta| now.live(meta))? {
-            Lookup::Found(meta, value) => Ok(Some(self.hit(key, value, meta, &now))),
-            Lookup::Missing | Lookup::Rejected => {
-                self.store.count(false);
-                Ok(None)
-            }
-        }
+        self.read(key, |format, payload| codec::decode(key, format, payload))
     }
 
     /// Stores `value` under `key`, replacing any previous value; `expire` = `None` keeps it
@@ -343,6 +338,51 @@ impl DiskCache {
             &payload,
             PutMode::IfAbsentOrExpired(now),
         )
+    }
+
+    /// Stores `bytes` under `key` as they are, without serde (for callers that hold bytes:
+    /// file contents, responses, their own encodings). Same guarantees as [`set`](Self::set):
+    /// checksummed, atomic, values over 32 KiB in their own file.
+    ///
+    /// Read them with [`get_bytes`](Self::get_bytes), [`with_bytes`](Self::with_bytes), or
+    /// [`get`](Self::get) as a byte type (`Vec<u8>`, `Box<[u8]>`, `serde_bytes::ByteBuf`,
+    /// `bytes::Bytes`). Raw bytes are never parsed as MessagePack: `get` as any type that
+    /// does not take a byte array is [`Error::Decode`].
+    pub fn set_bytes(&self, key: &str, bytes: &[u8], expire: Option<Duration>) -> Result<()> {
+        codec::check_raw(key, bytes)?;
+        let meta = new_meta(now_ns(), expire, bytes);
+        self.store
+            .put_as(key, meta, Format::Raw, bytes, PutMode::Replace)
+            .map(drop)
+    }
+
+    /// Reads the bytes of `key`: a value stored by [`set_bytes`](Self::set_bytes), or by
+    /// [`set`](Self::set) as bytes or a string. `None` if it is missing or expired.
+    ///
+    /// Errors: [`Error::Decode`] if the value is not bytes; [`Error::Corrupt`] as for `get`.
+    pub fn get_bytes(&self, key: &str) -> Result<Option<DiskCacheValue<Vec<u8>>>> {
+        self.with_bytes(key, <[u8]>::to_vec)
+    }
+
+    /// Calls `f` on the bytes of `key` where they lie (in the index's memory for values up
+    /// to 32 KiB: no copy), and returns what it returns; `None` if the key is missing or
+    /// expired. Which values have bytes, and the errors: as [`get_bytes`](Self::get_bytes).
+    ///
+    /// `f` runs inside a read transaction: keep it short (a long one keeps the pages it
+    /// reads from being reused).
+    pub fn with_bytes<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<DiskCacheValue<R>>> {
+        let mut f = Some(f);
+        self.read(key, |format, payload| {
+            let bytes = codec::bytes_of(key, format, payload)?;
+            // `lookup` decodes at most once: it returns right after.
+            f.take()
+                .map(|f| f(&bytes))
+                .ok_or_else(|| Error::InvalidInput("with_bytes: the value was read twice".into()))
+        })
     }
 
     /// Returns the value of `key` if it is younger than `expire` (and not expired); else runs
@@ -425,7 +465,7 @@ impl DiskCache {
         let now = now_ns();
         Ok(matches!(
             self.store
-                .lookup(key, |meta| !meta.expired(now), |_| Ok(()))?,
+                .lookup(key, |meta| !meta.expired(now), |_, _| Ok(()))?,
             Lookup::Found(..)
         ))
     }
@@ -547,6 +587,22 @@ impl DiskCache {
         }
     }
 
+    /// `get`'s path: the unexpired entry, decoded by `decode`, counted as a hit or a miss.
+    fn read<R>(
+        &self,
+        key: &str,
+        decode: impl FnMut(Format, &[u8]) -> Result<R>,
+    ) -> Result<Option<DiskCacheValue<R>>> {
+        let now = LazyNow::default();
+        match self.store.lookup(key, |meta| now.live(meta), decode)? {
+            Lookup::Found(meta, value) => Ok(Some(self.hit(key, value, meta, &now))),
+            Lookup::Missing | Lookup::Rejected => {
+                self.store.count(false);
+                Ok(None)
+            }
+        }
+    }
+
     /// Records a hit (and, under LRU, the use) and wraps the value.
     fn hit<T>(&self, key: &str, value: T, meta: Meta, now: &LazyNow) -> DiskCacheValue<T> {
         self.store.count(true);
@@ -570,12 +626,8 @@ impl DiskCache {
         key: &str,
         accept: impl Fn(&Meta) -> bool,
     ) -> Result<Lookup<T>> {
-        self.store.lookup(key, accept, |bytes| {
-            rmp_serde::from_slice(bytes).map_err(|e| Error::Decode {
-                key: key.to_owned(),
-                type_name: std::any::type_name::<T>(),
-                source: Box::new(e),
-            })
+        self.store.lookup(key, accept, |format, payload| {
+            codec::decode(key, format, payload)
         })
     }
 }
@@ -601,56 +653,6 @@ const LRU_GRANULARITY_NS: u64 = 1_000_000_000;
 /// How far in the future a load time may lie (clocks of other machines) and still count as
 /// fresh for `get_or_load`.
 const CLOCK_SKEW_NS: u64 = 1_000_000_000;
-/// The largest encoded value: MessagePack's lengths are 32-bit, and rmp-serde silently
-/// wraps longer ones (a 4 GiB + 16 byte value would read back as 16 bytes). No value whose
-/// encoding fits in this can hold a longer string, byte array or sequence.
-pub(crate) const MAX_ENCODED_LEN: u64 = u32::MAX as u64;
-
-fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>> {
-    let mut out = BoundedVec::default();
-    match rmp_serde::encode::write_named(&mut out, value) {
-        Ok(()) => Ok(out.bytes),
-        Err(_) if out.overflowed => Err(Error::Encode {
-            key: key.to_owned(),
-            source: format!(
-                "the value's encoding exceeds {MAX_ENCODED_LEN} bytes (4 GiB - 1), the most a \
-                 MessagePack length can say"
-            )
-            .into(),
-        }),
-        Err(e) => Err(Error::Encode {
-            key: key.to_owned(),
-            source: Box::new(e),
-        }),
-    }
-}
-
-/// A `Vec` writer that fails once it would pass [`MAX_ENCODED_LEN`] (so a too-large
-/// value is refused after at most that many bytes, not after doubling its memory).
-#[derive(Default)]
-struct BoundedVec {
-    bytes: Vec<u8>,
-    overflowed: bool,
-}
-
-impl std::io::Write for BoundedVec {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if (self.bytes.len() as u64).saturating_add(buf.len() as u64) > MAX_ENCODED_LEN {
-            self.overflowed = true;
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                "value too large",
-            ));
-        }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The metadata of a value stored now with `expire`.
 fn new_meta(now: u64, expire: Option<Duration>, payload: &[u8]) -> Meta {
     Meta {

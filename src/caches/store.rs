@@ -12,7 +12,7 @@ use super::key_locks::KEY_LOCK_FILE;
 use super::keys::{IndexKey, user_key};
 use super::lmdb::ALIAS_PREFIX;
 use super::open::{Durability, Local, Store};
-use super::record::{Body, Meta, Record};
+use super::record::{Body, Format, Meta, Record};
 use super::recovery::TEMP_PREFIX;
 use crate::error::{Error, Result};
 
@@ -81,12 +81,12 @@ impl Store {
     }
 
     /// Reads `key` without any lock: one LMDB read transaction, a checksum, and `decode`
-    /// on the payload if `accept` likes the metadata.
+    /// on the payload (in place) if `accept` likes the metadata.
     pub(crate) fn lookup<R>(
         &self,
         key: &str,
         accept: impl Fn(&Meta) -> bool,
-        mut decode: impl FnMut(&[u8]) -> Result<R>,
+        mut decode: impl FnMut(Format, &[u8]) -> Result<R>,
     ) -> Result<Lookup<R>> {
         let local = self.local()?;
         let ikey = IndexKey::new(key);
@@ -94,7 +94,7 @@ impl Store {
         // writer replaces or evicts the entry; then the record has changed too: look again.
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
-            let (meta, crc, name) = {
+            let (meta, format, crc, name) = {
                 let txn = self.read_txn(local)?;
                 let Some(bytes) = local
                     .index
@@ -116,13 +116,13 @@ impl Store {
                 }
                 match record.body {
                     Body::Inline(payload) => {
-                        return Ok(Lookup::Found(record.meta, decode(payload)?));
+                        return Ok(Lookup::Found(record.meta, decode(record.format, payload)?));
                     }
-                    Body::Blob { crc, name } => (record.meta, crc, name.to_owned()),
+                    Body::Blob { crc, name } => (record.meta, record.format, crc, name.to_owned()),
                 }
             };
             match self.blobs().read(&name, meta.payload_len, crc, key)? {
-                Some(bytes) => return Ok(Lookup::Found(meta, decode(&bytes)?)),
+                Some(bytes) => return Ok(Lookup::Found(meta, decode(format, &bytes)?)),
                 None if attempt < ATTEMPTS => {}
                 None => {
                     return Err(Error::Corrupt {
@@ -139,6 +139,18 @@ impl Store {
     /// atomically; then does the bounded housekeeping (lazy purge, eviction) in the same
     /// transaction. Returns whether it stored (`PutMode::IfAbsentOrExpired` may decline).
     pub(crate) fn put(&self, key: &str, meta: Meta, payload: &[u8], mode: PutMode) -> Result<bool> {
+        self.put_as(key, meta, Format::MessagePack, payload, mode)
+    }
+
+    /// [`put`](Self::put) of a payload in `format`.
+    pub(crate) fn put_as(
+        &self,
+        key: &str,
+        meta: Meta,
+        format: Format,
+        payload: &[u8],
+        mode: PutMode,
+    ) -> Result<bool> {
         // The record stores a long key's length in 32 bits: refuse rather than wrap.
         if u32::try_from(key.len()).is_err() {
             return Err(Error::InvalidInput(format!(
@@ -162,6 +174,7 @@ impl Store {
         let record = Record {
             meta,
             stored_key: ikey.is_hashed().then_some(key.as_bytes()),
+            format,
             body,
         }
         .encode(ikey.as_bytes());
