@@ -146,6 +146,30 @@ def table(paths):
         print(f"| {bench:<24} | {stat:<10} | {fmt(ours):>13} | {fmt(theirs):>16} | {ratio:>7} |")
 
 
+def engine_table(paths):
+    """`compare engine` runs (one JSONL file each): the median over runs of each median_us,
+    and its ratio to the floors (raw LMDB read for gets; raw put+commit for sets)."""
+    runs = {}
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                if r["stat"] == "median_us":
+                    runs.setdefault(r["bench"], []).append(r["value"])
+    med = {b: sorted(v)[len(v) // 2] for b, v in runs.items()}
+    print(f"{len(paths)} runs; µs/op: median over runs of per-run medians (each run's median under runs)")
+    print(f"| {'benchmark':<28} | {'µs/op':>8} | {'runs':<26} | {'x floor':>8} | {'x WRITEMAP floor':>16} |")
+    print(f"|{'-' * 30}|{'-' * 9}:|{'-' * 28}|{'-' * 9}:|{'-' * 17}:|")
+    for bench, us in med.items():
+        if "get" in bench or "read" in bench:
+            ratios = [us / med["lmdb_raw_get_notls"], None]
+        else:
+            ratios = [us / med["lmdb_raw_put_commit"], us / med["lmdb_raw_put_commit_writemap"]]
+        cells = ["" if r is None else f"{r:.2f}x" for r in ratios]
+        spread = ", ".join(f"{v:.3f}" for v in runs[bench])
+        print(f"| {bench:<28} | {us:>8.3f} | {spread:<26} | {cells[0]:>8} | {cells[1]:>16} |")
+
+
 def main():
     args = sys.argv[1:]
     if args[:1] == ["gol-child"]:
@@ -154,6 +178,8 @@ def main():
         core_child(args[1], int(args[2]))
     elif args[:1] == ["table"]:
         table(args[1:])
+    elif args[:1] == ["engine-table"]:
+        engine_table(args[1:])
     else:
         headline()
         for procs in (1, 2, 4, 8):

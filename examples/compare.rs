@@ -41,6 +41,19 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
+        ["gets", n] => {
+            // For profiles (perf record): 1 000 keys of 100 bytes, then `n` get::<Vec<u8>>.
+            let tmp = tempfile::tempdir()?;
+            let cache = open(tmp.path())?;
+            let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
+            for k in &keys {
+                cache.set(k, &vec![7u8; 100], None)?;
+            }
+            for i in 0..n.parse::<usize>()? {
+                std::hint::black_box(cache.get::<Vec<u8>>(&keys[i % 1000])?);
+            }
+            Ok(())
+        }
         ["core", procs] => core(procs.parse()?),
         [] => {
             headline()?;
@@ -49,7 +62,7 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
-        _ => Err("usage: compare [extras | engine | core PROCESSES]".into()),
+        _ => Err("usage: compare [extras | engine | core PROCESSES | sets N | gets N]".into()),
     }
 }
 
@@ -230,13 +243,32 @@ fn core_child(dir: &Path, seed: u64) -> Res<()> {
     Ok(())
 }
 
-/// Figures with no python counterpart: the engine's own floor, big values, many keys.
-/// The engine's floor beside our hit and set paths, all in one run, 1 000 keys of 100
-/// bytes: raw LMDB (heed, NO_SYNC) put+commit with and without `MDB_WRITEMAP` (the cache
-/// opens without it since it keeps `data.mdb` sparse-free, see docs/design.md), raw reads
-/// with a fresh read transaction (with and without `MDB_NOTLS`), our `set` and `get`.
+/// The engine's floor beside our hit and set paths and two Rust peers, all in one run, on
+/// 1 000 keys of 100 bytes (the same bytes everywhere):
+/// - floors: raw LMDB (heed) read with a fresh `MDB_NOTLS` read transaction, as ours, and
+///   put+commit (`NO_SYNC`) with and without `MDB_WRITEMAP` (the cache opens without it, see
+///   docs/design.md);
+/// - ours: `get` as `Vec<u8>` and as `String`, `get_bytes`, `with_bytes`, a `get_or_load`
+///   hit, `set` of a `Vec<u8>` and a `String`, `set_bytes` (`Durability::Fast`);
+/// - peers: redb 2 (a read transaction per get; insert+commit with `Durability::None`, no
+///   fsync like the others) and cacache 13 (sync API: `read_sync`, `write_sync`).
+///
+/// Medians of per-batch means (µs/op), then each one's ratio to its floor (gets to the raw
+/// read, sets to both raw put+commit floors). `ENGINE=1 bench/compare.sh` runs this 3 times
+/// and tables the medians.
 fn engine() -> Res<()> {
     let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
+    let bytes = vec![7u8; 100];
+    let text = "v".repeat(100);
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    let mut row = |name: &'static str, us: f64| {
+        emit(name, "median_us", us);
+        rows.push((name, us));
+    };
+    const GETS: usize = 200_000;
+    const SETS: usize = 20_000;
+
+    // Floors: raw LMDB.
     for (name, flags) in [
         (
             "lmdb_raw_put_commit_writemap",
@@ -245,7 +277,7 @@ fn engine() -> Res<()> {
         ("lmdb_raw_put_commit", heed::EnvFlags::NO_SYNC),
     ] {
         let tmp = tempfile::tempdir()?;
-        let mut options = heed::EnvOpenOptions::new();
+        let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
         options.map_size(1 << 30);
         // SAFETY: valid flags; a fresh directory opened once.
         unsafe { options.flags(flags) };
@@ -254,62 +286,136 @@ fn engine() -> Res<()> {
         let db: heed::Database<heed::types::Str, heed::types::Bytes> =
             env.create_database(&mut wtxn, None)?;
         wtxn.commit()?;
-        emit(
+        row(
             name,
-            "median_us",
-            median_us(20_000, 200, |i| {
+            median_us(SETS, 200, |i| {
                 let mut txn = env.write_txn().expect("txn");
-                db.put(&mut txn, &keys[i % 1000], &[7u8; 100]).expect("put");
+                db.put(&mut txn, &keys[i % 1000], &bytes).expect("put");
                 txn.commit().expect("commit");
             }),
         );
-        emit(
-            &name.replace("put_commit", "get"),
-            "median_us",
-            median_us(200_000, 1000, |i| {
-                let txn = env.read_txn().expect("txn");
-                std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
-            }),
-        );
+        if !flags.contains(heed::EnvFlags::WRITE_MAP) {
+            row(
+                "lmdb_raw_get_notls",
+                median_us(GETS, 1000, |i| {
+                    let txn = env.read_txn().expect("txn");
+                    std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
+                }),
+            );
+        }
     }
+
+    // Ours.
     let tmp = tempfile::tempdir()?;
-    let env = unsafe {
-        heed::EnvOpenOptions::new()
-            .read_txn_without_tls()
-            .map_size(1 << 30)
-            .open(tmp.path())?
-    };
-    let mut wtxn = env.write_txn()?;
-    let db: heed::Database<heed::types::Str, heed::types::Bytes> =
-        env.create_database(&mut wtxn, None)?;
-    for k in &keys {
-        db.put(&mut wtxn, k, &[7u8; 100])?;
+    let cache = open(tmp.path())?;
+    let texts: Vec<String> = keys.iter().map(|k| format!("s-{k}")).collect();
+    let raws: Vec<String> = keys.iter().map(|k| format!("r-{k}")).collect();
+    row(
+        "ours_set_vec",
+        median_us(SETS, 200, |i| {
+            cache.set(&keys[i % 1000], &bytes, None).expect("set");
+        }),
+    );
+    row(
+        "ours_set_string",
+        median_us(SETS, 200, |i| {
+            cache.set(&texts[i % 1000], &text, None).expect("set");
+        }),
+    );
+    row(
+        "ours_set_bytes",
+        median_us(SETS, 200, |i| {
+            cache.set_bytes(&raws[i % 1000], &bytes, None).expect("set");
+        }),
+    );
+    row(
+        "ours_get_vec",
+        median_us(GETS, 1000, |i| {
+            std::hint::black_box(cache.get::<Vec<u8>>(&keys[i % 1000]).expect("get"));
+        }),
+    );
+    row(
+        "ours_get_string",
+        median_us(GETS, 1000, |i| {
+            std::hint::black_box(cache.get::<String>(&texts[i % 1000]).expect("get"));
+        }),
+    );
+    row(
+        "ours_get_bytes",
+        median_us(GETS, 1000, |i| {
+            std::hint::black_box(cache.get_bytes(&raws[i % 1000]).expect("get"));
+        }),
+    );
+    row(
+        "ours_get_with_bytes",
+        median_us(GETS, 1000, |i| {
+            std::hint::black_box(cache.with_bytes(&raws[i % 1000], |b| b[0]).expect("get"));
+        }),
+    );
+    row(
+        "ours_get_or_load_hit",
+        median_us(GETS, 1000, |i| {
+            let v = cache.get_or_load(
+                &keys[i % 1000],
+                || Ok::<_, std::io::Error>(Vec::<u8>::new()),
+                None,
+            );
+            std::hint::black_box(v.expect("gol"));
+        }),
+    );
+    drop(cache);
+
+    // Peers: redb (a read transaction per get, as ours) and cacache.
+    const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("t");
+    let db = redb::Database::create(tmp.path().join("redb"))?;
+    row(
+        "redb_insert_commit",
+        median_us(SETS, 200, |i| {
+            let mut txn = db.begin_write().expect("txn");
+            txn.set_durability(redb::Durability::None);
+            {
+                let mut table = txn.open_table(TABLE).expect("table");
+                table
+                    .insert(keys[i % 1000].as_str(), &bytes[..])
+                    .expect("insert");
+            }
+            txn.commit().expect("commit");
+        }),
+    );
+    row(
+        "redb_get",
+        median_us(GETS, 1000, |i| {
+            let txn = db.begin_read().expect("txn");
+            let table = txn.open_table(TABLE).expect("table");
+            let got = table.get(keys[i % 1000].as_str()).expect("get");
+            std::hint::black_box(got.map(|v| v.value().len()));
+        }),
+    );
+    let dir = tmp.path().join("cacache");
+    row(
+        "cacache_write",
+        median_us(SETS / 4, 50, |i| {
+            cacache::write_sync(&dir, &keys[i % 1000], &bytes).expect("write");
+        }),
+    );
+    row(
+        "cacache_read",
+        median_us(GETS / 10, 100, |i| {
+            std::hint::black_box(cacache::read_sync(&dir, &keys[i % 1000]).expect("read"));
+        }),
+    );
+
+    let of = |name: &str| rows.iter().find(|r| r.0 == name).map_or(f64::NAN, |r| r.1);
+    for (name, us) in &rows {
+        let floors: &[&str] = if name.contains("get") || name.contains("read") {
+            &["lmdb_raw_get_notls"]
+        } else {
+            &["lmdb_raw_put_commit", "lmdb_raw_put_commit_writemap"]
+        };
+        for floor in floors {
+            emit(name, &format!("x_{floor}"), us / of(floor));
+        }
     }
-    wtxn.commit()?;
-    emit(
-        "lmdb_raw_get_notls",
-        "median_us",
-        median_us(200_000, 1000, |i| {
-            let txn = env.read_txn().expect("txn");
-            std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
-        }),
-    );
-    let cache = open(&tmp.path().join("ours"))?;
-    let value = ByteBuf::from(vec![7u8; 100]);
-    emit(
-        "ours_set",
-        "median_us",
-        median_us(20_000, 200, |i| {
-            cache.set(&keys[i % 1000], &value, None).expect("set");
-        }),
-    );
-    emit(
-        "ours_get",
-        "median_us",
-        median_us(200_000, 1000, |i| {
-            std::hint::black_box(cache.get::<ByteBuf>(&keys[i % 1000]).expect("get"));
-        }),
-    );
     Ok(())
 }
 
