@@ -128,6 +128,17 @@ impl Index {
         self.entries.iter(txn)
     }
 
+    /// The entries after index key `after` (all of them for `None`), in index order.
+    pub(crate) fn iter_after<'t>(
+        &self,
+        txn: &'t RoTxn,
+        after: Option<&[u8]>,
+    ) -> heed::Result<heed::RoRange<'t, Bytes, Bytes>> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.entries.range(txn, &(start, Bound::Unbounded))
+    }
+
     /// The totals; recounted from the entries if the record is missing or damaged.
     pub(crate) fn totals(&self, txn: &RoTxn) -> heed::Result<Totals> {
         match self.meta.get(txn, TOTALS_KEY)?.and_then(Totals::decode) {

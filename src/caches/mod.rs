@@ -24,6 +24,7 @@ mod codec;
 mod counters;
 mod durability;
 pub(crate) mod index;
+mod iter;
 mod key_locks;
 mod keys;
 mod lmdb;
@@ -40,6 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use iter::Iter;
 pub use open::Durability;
 pub use store::CheckReport;
 
@@ -151,6 +153,7 @@ pub struct DiskCache {
     dir: Arc<Path>,
     lock_timeout: Option<Duration>,
     policy: EvictionPolicy,
+    time_to_live: Option<Duration>,
 }
 
 /// Configures and opens a [`DiskCache`]; see [`DiskCache::builder`].
@@ -164,6 +167,7 @@ pub struct DiskCacheBuilder {
     lock_timeout: Option<Duration>,
     size_limit: Option<u64>,
     policy: EvictionPolicy,
+    time_to_live: Option<Duration>,
 }
 
 impl Default for DiskCacheBuilder {
@@ -176,6 +180,7 @@ impl Default for DiskCacheBuilder {
             lock_timeout: None,
             size_limit: None,
             policy: EvictionPolicy::default(),
+            time_to_live: None,
         }
     }
 }
@@ -242,6 +247,17 @@ impl DiskCacheBuilder {
         self
     }
 
+    /// The expiry (and, for loads, the maximum age) of the calls that take none:
+    /// [`DiskCache::insert`] and [`DiskCache::try_get_with`]. Calls with an `expire`
+    /// argument keep it, `None` included ("never"). Per handle: other handles and
+    /// processes choose their own. Without it, those calls store entries that never expire.
+    #[doc(alias = "ttl")]
+    #[doc(alias = "default_expire")]
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = Some(ttl);
+        self
+    }
+
     /// Resolves the directory, creates it, and opens the cache.
     pub fn build(self) -> Result<DiskCache> {
         let dir = dirs::resolve_and_prepare(&self.location, self.name.as_deref(), self.fallback)?;
@@ -257,6 +273,7 @@ impl DiskCacheBuilder {
             dir,
             lock_timeout: self.lock_timeout,
             policy: self.policy,
+            time_to_live: self.time_to_live,
         })
     }
 }
@@ -303,6 +320,12 @@ impl DiskCache {
                 PutMode::Replace,
             )
             .map(drop)
+    }
+
+    /// [`set`](Self::set) with the cache's [`time_to_live`](DiskCacheBuilder::time_to_live)
+    /// (never expires without one).
+    pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<()> {
+        self.set(key, value, self.time_to_live)
     }
 
     /// Stores a value with its own load time and expiry (one read from another cache, or
@@ -455,6 +478,18 @@ impl DiskCache {
         Ok(to_value(value, meta))
     }
 
+    /// [`get_or_load`](Self::get_or_load) with the cache's
+    /// [`time_to_live`](DiskCacheBuilder::time_to_live) as `expire` (never stale without
+    /// one).
+    pub fn try_get_with<T, E, F>(&self, key: &str, loader: F) -> Result<DiskCacheValue<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> std::result::Result<T, E>,
+        E: Into<BoxError>,
+    {
+        self.get_or_load(key, loader, self.time_to_live)
+    }
+
     /// Removes `key`; true if it was there.
     pub fn delete(&self, key: &str) -> Result<bool> {
         self.store.delete(key)
@@ -533,15 +568,27 @@ impl DiskCache {
             .store
             .entries()?
             .into_iter()
-            .map(|e| EntryInfo {
-                key: e.key,
-                load_timestamp: from_ns(e.meta.load_ns),
-                expires_at: (e.meta.expire_ns != 0).then(|| from_ns(e.meta.expire_ns)),
-                size: e.meta.payload_len,
-                in_file: e.in_file,
-                expired: e.meta.expired(now),
-            })
+            .map(|e| entry_info(e, now))
             .collect())
+    }
+
+    /// The unexpired entries' keys and metadata, lazily, in batches of 1 024 read from
+    /// short read transactions: memory stays flat for caches of millions of entries (where
+    /// [`keys`](Self::keys) and [`entries`](Self::entries) build a `Vec`). Same order as
+    /// `keys`; entries written or removed during the walk may or may not be seen.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// # let cache = dbx_concurio::caches::DiskCache::builder().directory(tmp.path()).build()?;
+    /// # cache.set("a", "x", None)?;
+    /// for entry in cache.iter() {
+    ///     let entry = entry?;
+    ///     println!("{} ({} bytes)", entry.key, entry.size);
+    /// }
+    /// # Ok::<(), dbx_concurio::Error>(())
+    /// ```
+    pub fn iter(&self) -> Iter {
+        Iter::new(self.clone())
     }
 
     /// Removes every entry; returns how many there were.
@@ -660,6 +707,17 @@ fn new_meta(now: u64, expire: Option<Duration>, payload: &[u8]) -> Meta {
         expire_ns: expiry_ns(now, expire),
         order_ns: now,
         payload_len: payload.len() as u64,
+    }
+}
+
+fn entry_info(e: store::EntryInfo, now: u64) -> EntryInfo {
+    EntryInfo {
+        key: e.key,
+        load_timestamp: from_ns(e.meta.load_ns),
+        expires_at: (e.meta.expire_ns != 0).then(|| from_ns(e.meta.expire_ns)),
+        size: e.meta.payload_len,
+        in_file: e.in_file,
+        expired: e.meta.expired(now),
     }
 }
 

@@ -279,11 +279,31 @@ impl Store {
 
     /// A snapshot of every entry's key and metadata (corrupt records are skipped).
     pub(crate) fn entries(&self) -> Result<Vec<EntryInfo>> {
+        Ok(self.entries_after(None, usize::MAX)?.0)
+    }
+
+    /// Up to `limit` entries after index key `after` (from the start for `None`), in index
+    /// order, from one read transaction (corrupt records are skipped). Also returns the last
+    /// index key read, to continue from; `None` once the end was reached.
+    pub(crate) fn entries_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<EntryInfo>, Option<Vec<u8>>)> {
         let local = self.local()?;
         let txn = self.read_txn(local)?;
         let mut out = Vec::new();
-        for item in local.index.iter(&txn).map_err(|e| self.storage(e))? {
+        let mut last = None;
+        let items = local
+            .index
+            .iter_after(&txn, after)
+            .map_err(|e| self.storage(e))?;
+        for (read, item) in items.enumerate() {
+            if read == limit {
+                return Ok((out, last.map(<[u8]>::to_vec)));
+            }
             let (k, v) = item.map_err(|e| self.storage(e))?;
+            last = Some(k);
             let Ok(record) = Record::decode(k, v) else {
                 tracing::warn!(
                     "skipping a corrupt record in {}",
@@ -300,7 +320,7 @@ impl Store {
                 in_file: matches!(record.body, Body::Blob { .. }),
             });
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Verifies every entry and value file, removes what is damaged, rebuilds the order,
