@@ -305,6 +305,30 @@ fn engine() -> Res<()> {
         }
     }
 
+    // For reference, not a floor: the raw read from a named database, as our index is
+    // (LMDB re-reads a named database's root from the main database in every read
+    // transaction).
+    {
+        let tmp = tempfile::tempdir()?;
+        let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(1 << 30).max_dbs(4);
+        let env = unsafe { options.open(tmp.path())? };
+        let mut wtxn = env.write_txn()?;
+        let db: heed::Database<heed::types::Str, heed::types::Bytes> =
+            env.create_database(&mut wtxn, Some("entries"))?;
+        for k in &keys {
+            db.put(&mut wtxn, k, &bytes)?;
+        }
+        wtxn.commit()?;
+        row(
+            "lmdb_raw_get_notls_named_db",
+            median_us(GETS, 1000, |i| {
+                let txn = env.read_txn().expect("txn");
+                std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
+            }),
+        );
+    }
+
     // Ours.
     let tmp = tempfile::tempdir()?;
     let cache = open(tmp.path())?;

@@ -6,8 +6,14 @@
 //! entries   index key                  -> record (see record.rs)
 //! order     order_ns (BE) ++ index key -> ""     oldest first: eviction order
 //! expiry    expire_ns (BE) ++ index key -> ""    soonest first: lazy purge
-//! meta      "totals"                   -> Totals
+//! (main)    "totals"                   -> Totals
+//! meta      (empty; held the totals before: read if the main database has none)
 //! ```
+//!
+//! The totals live in LMDB's main database, beside the records of the named databases:
+//! every commit rewrites that page anyway (the named databases' roots moved), so updating
+//! the totals costs no page of its own (in `meta` they cost one more dirty page, written
+//! with `pwrite`, per write).
 
 use heed::types::Bytes;
 use heed::{Database, RoTxn, RwTxn};
@@ -80,6 +86,8 @@ pub(crate) struct Garbage {
 /// The four databases.
 #[derive(Clone, Copy)]
 pub(crate) struct Index {
+    /// LMDB's unnamed database: the named databases' records, and the totals.
+    main: Database<Bytes, Bytes>,
     entries: Database<Bytes, Bytes>,
     order: Database<Bytes, Bytes>,
     expiry: Database<Bytes, Bytes>,
@@ -91,16 +99,18 @@ impl Index {
     /// is not covered by the dirty/clean state, see durability.rs).
     pub(crate) fn open(env: &LmdbEnv) -> heed::Result<Self> {
         let rtxn = env.read_txn()?;
-        let open = |name| env.open_database::<Bytes, Bytes>(&rtxn, Some(name));
-        if let (Some(entries), Some(order), Some(expiry), Some(meta)) = (
-            open("entries")?,
-            open("order")?,
-            open("expiry")?,
-            open("meta")?,
+        let open = |name| env.open_database::<Bytes, Bytes>(&rtxn, name);
+        if let (Some(main), Some(entries), Some(order), Some(expiry), Some(meta)) = (
+            open(None)?,
+            open(Some("entries"))?,
+            open(Some("order"))?,
+            open(Some("expiry"))?,
+            open(Some("meta"))?,
         ) {
             // Handles opened in a transaction die with it unless it commits (LMDB's rule).
             rtxn.commit()?;
             return Ok(Index {
+                main,
                 entries,
                 order,
                 expiry,
@@ -110,6 +120,7 @@ impl Index {
         drop(rtxn);
         let mut wtxn = env.write_txn()?;
         let index = Index {
+            main: env.create_database(&mut wtxn, None)?,
             entries: env.create_database(&mut wtxn, Some("entries"))?,
             order: env.create_database(&mut wtxn, Some("order"))?,
             expiry: env.create_database(&mut wtxn, Some("expiry"))?,
@@ -141,7 +152,11 @@ impl Index {
 
     /// The totals; recounted from the entries if the record is missing or damaged.
     pub(crate) fn totals(&self, txn: &RoTxn) -> heed::Result<Totals> {
-        match self.meta.get(txn, TOTALS_KEY)?.and_then(Totals::decode) {
+        let stored = match self.main.get(txn, TOTALS_KEY)? {
+            Some(bytes) => Some(bytes),
+            None => self.meta.get(txn, TOTALS_KEY)?, // written by an earlier version
+        };
+        match stored.and_then(Totals::decode) {
             Some(totals) => Ok(totals),
             None => self.recount(txn, Totals::default()),
         }
@@ -177,7 +192,13 @@ impl Index {
     }
 
     pub(crate) fn put_totals(&self, txn: &mut RwTxn, totals: &Totals) -> heed::Result<()> {
-        self.meta.put(txn, TOTALS_KEY, &totals.encode())
+        self.main.put(txn, TOTALS_KEY, &totals.encode())?;
+        // Where earlier versions kept them: gone at the first write, so an older build
+        // opening the cache later recounts instead of trusting stale totals.
+        if self.meta.get(txn, TOTALS_KEY)?.is_some() {
+            self.meta.delete(txn, TOTALS_KEY)?;
+        }
+        Ok(())
     }
 
     /// Stores `record` (already encoded) under `ikey`, replacing and accounting for any
@@ -415,4 +436,38 @@ fn footprint(ikey: &[u8], record: &[u8]) -> u64 {
         _ => 0,
     };
     (record.len() + 3 * (ikey.len() + 8) + 48) as u64 + blob
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Totals kept in the `meta` database by earlier versions are read, and moved to the
+    /// main database by the first write.
+    #[test]
+    fn totals_written_in_meta_by_earlier_versions_are_read_and_moved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = crate::caches::lmdb::open_env(tmp.path(), false, 1 << 20).unwrap();
+        let index = Index::open(&env).unwrap();
+        let old = Totals {
+            entries: 3,
+            bytes: 300,
+            ..Totals::default()
+        };
+        let mut txn = env.write_txn().unwrap();
+        index.meta.put(&mut txn, TOTALS_KEY, &old.encode()).unwrap();
+        txn.commit().unwrap();
+
+        let txn = env.read_txn().unwrap();
+        assert_eq!(index.totals(&txn).unwrap(), old);
+        drop(txn);
+        let mut txn = env.write_txn().unwrap();
+        let new = Totals { entries: 4, ..old };
+        index.put_totals(&mut txn, &new).unwrap();
+        txn.commit().unwrap();
+        let txn = env.read_txn().unwrap();
+        assert_eq!(index.totals(&txn).unwrap(), new);
+        assert!(index.meta.get(&txn, TOTALS_KEY).unwrap().is_none());
+        assert!(index.main.get(&txn, TOTALS_KEY).unwrap().is_some());
+    }
 }
