@@ -147,27 +147,29 @@ def table(paths):
 
 
 def engine_table(paths):
-    """`compare engine` runs (one JSONL file each): the median over runs of each median_us,
-    and its ratio to the floors (raw LMDB read for gets; raw put+commit for sets)."""
+    """`compare engine` runs (one JSONL file each): per benchmark, the median over runs of
+    its per-run median and of its per-run ratios to the floors (raw LMDB read for gets; raw
+    put+commit without and with WRITEMAP for sets). Ratios are taken within each run, whose
+    benchmarks are interleaved, so the machine's noise cancels out of them."""
     runs = {}
     for path in paths:
         with open(path) as f:
             for line in f:
                 r = json.loads(line)
-                if r["stat"] == "median_us":
-                    runs.setdefault(r["bench"], []).append(r["value"])
-    med = {b: sorted(v)[len(v) // 2] for b, v in runs.items()}
-    print(f"{len(paths)} runs; µs/op: median over runs of per-run medians (each run's median under runs)")
-    print(f"| {'benchmark':<28} | {'µs/op':>8} | {'runs':<26} | {'x floor':>8} | {'x WRITEMAP floor':>16} |")
-    print(f"|{'-' * 30}|{'-' * 9}:|{'-' * 28}|{'-' * 9}:|{'-' * 17}:|")
-    for bench, us in med.items():
-        if "get" in bench or "read" in bench:
-            ratios = [us / med["lmdb_raw_get_notls"], None]
-        else:
-            ratios = [us / med["lmdb_raw_put_commit"], us / med["lmdb_raw_put_commit_writemap"]]
-        cells = ["" if r is None else f"{r:.2f}x" for r in ratios]
-        spread = ", ".join(f"{v:.3f}" for v in runs[bench])
-        print(f"| {bench:<28} | {us:>8.3f} | {spread:<26} | {cells[0]:>8} | {cells[1]:>16} |")
+                runs.setdefault(r["bench"], {}).setdefault(r["stat"], []).append(r["value"])
+    med = lambda v: sorted(v)[len(v) // 2] if v else None
+    print(f"{len(paths)} runs; medians over runs (per-run µs/op medians listed)")
+    print(f"| {'benchmark':<28} | {'µs/op':>8} | {'runs':<24} | {'x floor':>8} | {'x WRITEMAP floor':>16} |")
+    print(f"|{'-' * 30}|{'-' * 9}:|{'-' * 26}|{'-' * 9}:|{'-' * 17}:|")
+    for bench, stats in runs.items():
+        us = med(stats["median_us"])
+        ratio = lambda floor: med(stats.get(f"x_{floor}", []))
+        is_get = "get" in bench or "read" in bench
+        cells = [ratio("lmdb_raw_get_notls") if is_get else ratio("lmdb_raw_put_commit"),
+                 None if is_get else ratio("lmdb_raw_put_commit_writemap")]
+        cells = ["" if r is None else f"{r:.2f}x" for r in cells]
+        spread = ", ".join(f"{v:.3f}" for v in stats["median_us"])
+        print(f"| {bench:<28} | {us:>8.3f} | {spread:<24} | {cells[0]:>8} | {cells[1]:>16} |")
 
 
 def main():
