@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! entries   index key                  -> record (see record.rs)
-//! order     order_ns (BE) ++ index key -> ""     oldest first: eviction order
+//! order     order_ns (BE) ++ index key -> ""     oldest first: eviction order (kept only
+//!                                                 while a size limit is set)
 //! expiry    expire_ns (BE) ++ index key -> ""    soonest first: lazy purge
 //! (main)    "totals"                   -> Totals
 //! meta      (empty; held the totals before: read if the main database has none)
@@ -42,6 +43,13 @@ pub(crate) struct Totals {
 }
 
 impl Totals {
+    /// Whether the eviction order is kept: only a size-limited cache evicts. Without a
+    /// limit, writes leave `order` alone (two to three dirty pages fewer per write); setting
+    /// a limit rebuilds it from the records' stamps, which are always kept.
+    pub(crate) fn ordered(&self) -> bool {
+        self.size_limit != 0
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let fields = [
             self.entries,
@@ -214,7 +222,9 @@ impl Index {
     ) -> heed::Result<()> {
         self.remove(txn, totals, garbage, ikey)?;
         self.entries.put(txn, ikey, record)?;
-        self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+        if totals.ordered() {
+            self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+        }
         if meta.expire_ns != 0 {
             self.expiry.put(txn, &stamped(meta.expire_ns, ikey), &[])?;
         }
@@ -242,7 +252,9 @@ impl Index {
             .map(|r| (r.meta, blob_name(&r)));
         self.entries.delete(txn, ikey)?;
         if let Some((meta, blob)) = decoded {
-            self.order.delete(txn, &stamped(meta.order_ns, ikey))?;
+            if totals.ordered() {
+                self.order.delete(txn, &stamped(meta.order_ns, ikey))?;
+            }
             if meta.expire_ns != 0 {
                 self.expiry.delete(txn, &stamped(meta.expire_ns, ikey))?;
             }
@@ -258,6 +270,7 @@ impl Index {
     pub(crate) fn restamp(
         &self,
         txn: &mut RwTxn,
+        totals: &Totals,
         ikey: &[u8],
         change: impl FnOnce(&mut Meta),
     ) -> heed::Result<bool> {
@@ -271,8 +284,10 @@ impl Index {
         change(&mut record.meta);
         let new = record.meta;
         let updated = record.encode(ikey);
-        self.order.delete(txn, &stamped(old.order_ns, ikey))?;
-        self.order.put(txn, &stamped(new.order_ns, ikey), &[])?;
+        if totals.ordered() {
+            self.order.delete(txn, &stamped(old.order_ns, ikey))?;
+            self.order.put(txn, &stamped(new.order_ns, ikey), &[])?;
+        }
         if old.expire_ns != 0 {
             self.expiry.delete(txn, &stamped(old.expire_ns, ikey))?;
         }
@@ -376,13 +391,45 @@ impl Index {
         self.order.clear(txn)?;
         self.expiry.clear(txn)?;
         for (ikey, meta) in &keep {
-            self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+            if totals.ordered() {
+                self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+            }
             if meta.expire_ns != 0 {
                 self.expiry.put(txn, &stamped(meta.expire_ns, ikey), &[])?;
             }
         }
         *totals = self.recount(txn, *totals)?;
         Ok((keep.len() as u64, bad.len() as u64, referenced))
+    }
+
+    /// Sets the size limit; the eviction order is rebuilt from the records' stamps when it
+    /// starts being kept (see [`Totals::ordered`]) and dropped when it stops.
+    pub(crate) fn set_size_limit(
+        &self,
+        txn: &mut RwTxn,
+        totals: &mut Totals,
+        limit: u64,
+    ) -> heed::Result<()> {
+        let was = totals.ordered();
+        totals.size_limit = limit;
+        if was == totals.ordered() {
+            return Ok(());
+        }
+        self.order.clear(txn)?;
+        if !totals.ordered() {
+            return Ok(());
+        }
+        let mut stamps = Vec::new();
+        for item in self.entries.iter(txn)? {
+            let (ikey, value) = item?;
+            if let Ok(record) = Record::decode(ikey, value) {
+                stamps.push(stamped(record.meta.order_ns, ikey));
+            }
+        }
+        for key in &stamps {
+            self.order.put(txn, key, &[])?;
+        }
+        Ok(())
     }
 
     /// Up to `max` (stamp key, index key) pairs from the start of an order database whose

@@ -209,8 +209,8 @@ impl Store {
     /// Changes `key`'s expiry and/or eviction stamp, keeping its value; true if it was there.
     pub(crate) fn restamp(&self, key: &str, change: Restamp) -> Result<bool> {
         let ikey = IndexKey::new(key);
-        self.write(|index, txn, _, _| {
-            index.restamp(txn, ikey.as_bytes(), |meta| {
+        self.write(|index, txn, totals, _| {
+            index.restamp(txn, totals, ikey.as_bytes(), |meta| {
                 if let Some(expire_ns) = change.expire_ns
                     && !meta.expired(change.now)
                 {
@@ -248,10 +248,7 @@ impl Store {
 
     /// Sets the size limit shared by every process (0 = none); evicts at the next write.
     pub(crate) fn set_size_limit(&self, limit: u64) -> Result<()> {
-        self.write(|_, _, totals, _| {
-            totals.size_limit = limit;
-            Ok(())
-        })
+        self.write(|index, txn, totals, _| index.set_size_limit(txn, totals, limit))
     }
 
     /// The shared totals, with the shared hit and miss counters added.
