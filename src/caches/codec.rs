@@ -92,7 +92,9 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, format: Format, payload: &[
         && let Some(text) = single_of(payload, Kind::Str)
     {
         let text = String::from_utf8(text.to_vec()).map_err(|e| decode_error(Box::new(e)))?;
-        return Ok(cast::<T, String>(text).unwrap_or_else(|_| unreachable!("T is String")));
+        if let Ok(value) = cast::<T, String>(text) {
+            return Ok(value);
+        }
     }
     rmp_serde::from_slice(payload).map_err(|e| decode_error(Box::new(e)))
 }
