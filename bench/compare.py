@@ -146,6 +146,32 @@ def table(paths):
         print(f"| {bench:<24} | {stat:<10} | {fmt(ours):>13} | {fmt(theirs):>16} | {ratio:>7} |")
 
 
+def engine_table(paths):
+    """`compare engine` runs (one JSONL file each): per benchmark, the median over runs of
+    its per-run median and of its per-run ratios to the floors (raw LMDB read for gets; raw
+    put+commit without and with WRITEMAP for sets). Ratios are taken within each run, whose
+    benchmarks are interleaved, so the machine's noise cancels out of them."""
+    runs = {}
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                runs.setdefault(r["bench"], {}).setdefault(r["stat"], []).append(r["value"])
+    med = lambda v: sorted(v)[len(v) // 2] if v else None
+    print(f"{len(paths)} runs; medians over runs (per-run µs/op medians listed)")
+    print(f"| {'benchmark':<28} | {'µs/op':>8} | {'runs':<24} | {'x floor':>8} | {'x WRITEMAP floor':>16} |")
+    print(f"|{'-' * 30}|{'-' * 9}:|{'-' * 26}|{'-' * 9}:|{'-' * 17}:|")
+    for bench, stats in runs.items():
+        us = med(stats["median_us"])
+        ratio = lambda floor: med(stats.get(f"x_{floor}", []))
+        is_get = "get" in bench or "read" in bench
+        cells = [ratio("lmdb_raw_get_notls") if is_get else ratio("lmdb_raw_put_commit"),
+                 None if is_get else ratio("lmdb_raw_put_commit_writemap")]
+        cells = ["" if r is None else f"{r:.2f}x" for r in cells]
+        spread = ", ".join(f"{v:.3f}" for v in stats["median_us"])
+        print(f"| {bench:<28} | {us:>8.3f} | {spread:<24} | {cells[0]:>8} | {cells[1]:>16} |")
+
+
 def main():
     args = sys.argv[1:]
     if args[:1] == ["gol-child"]:
@@ -154,6 +180,8 @@ def main():
         core_child(args[1], int(args[2]))
     elif args[:1] == ["table"]:
         table(args[1:])
+    elif args[:1] == ["engine-table"]:
+        engine_table(args[1:])
     else:
         headline()
         for procs in (1, 2, 4, 8):

@@ -3,8 +3,22 @@
 # virtualenv this script creates), in one run; prints one table (medians and ratios).
 #   bench/compare.sh            # headline + benchmark_core mix (1, 2, 4, 8 processes)
 #   EXTRAS=1 bench/compare.sh   # also: raw LMDB read, 16 MiB vs cat, 1 000 000 keys
+#   ENGINE=1 bench/compare.sh   # only: the hit and set paths beside the raw LMDB floors,
+#                               # redb and cacache (RUNS runs, default 3; no python-diskcache)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${ENGINE:-0}" = 1 ]; then
+  cargo build -q --release --example compare
+  mkdir -p target/compare
+  echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(rustc --version)" >&2
+  runs=()
+  for i in $(seq "${RUNS:-3}"); do
+    target/release/examples/compare engine > "target/compare/engine-$i.jsonl"
+    runs+=("target/compare/engine-$i.jsonl")
+  done
+  python3 bench/compare.py engine-table "${runs[@]}"
+  exit 0
+fi
 venv=target/bench-venv
 out=target/compare
 mkdir -p "$out"

@@ -41,6 +41,19 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
+        ["gets", n] => {
+            // For profiles (perf record): 1 000 keys of 100 bytes, then `n` get::<Vec<u8>>.
+            let tmp = tempfile::tempdir()?;
+            let cache = open(tmp.path())?;
+            let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
+            for k in &keys {
+                cache.set(k, &vec![7u8; 100], None)?;
+            }
+            for i in 0..n.parse::<usize>()? {
+                std::hint::black_box(cache.get::<Vec<u8>>(&keys[i % 1000])?);
+            }
+            Ok(())
+        }
         ["core", procs] => core(procs.parse()?),
         [] => {
             headline()?;
@@ -49,7 +62,7 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
-        _ => Err("usage: compare [extras | engine | core PROCESSES]".into()),
+        _ => Err("usage: compare [extras | engine | core PROCESSES | sets N | gets N]".into()),
     }
 }
 
@@ -230,86 +243,268 @@ fn core_child(dir: &Path, seed: u64) -> Res<()> {
     Ok(())
 }
 
-/// Figures with no python counterpart: the engine's own floor, big values, many keys.
-/// The engine's floor beside our hit and set paths, all in one run, 1 000 keys of 100
-/// bytes: raw LMDB (heed, NO_SYNC) put+commit with and without `MDB_WRITEMAP` (the cache
-/// opens without it since it keeps `data.mdb` sparse-free, see docs/design.md), raw reads
-/// with a fresh read transaction (with and without `MDB_NOTLS`), our `set` and `get`.
+/// The engine's floor beside our hit and set paths and two Rust peers, all in one run, on
+/// 1 000 keys of 100 bytes (the same bytes everywhere):
+/// - floors: raw LMDB (heed) read with a fresh `MDB_NOTLS` read transaction, as ours, and
+///   put+commit (`NO_SYNC`) with and without `MDB_WRITEMAP` (the cache opens without it, see
+///   docs/design.md); for reference, the raw read from a named database, as our index is;
+/// - ours: `get` as `Vec<u8>` and as `String`, `get_bytes`, `with_bytes`, a `get_or_load`
+///   hit, `set` of a `Vec<u8>` and a `String`, `set_bytes` (`Durability::Fast`);
+/// - peers: redb 2 (a read transaction per get; insert+commit with `Durability::None`, no
+///   fsync like the others) and cacache 13 (sync API: `read_sync`, `write_sync`).
+///
+/// Every benchmark runs a few batches in each of 10 rounds, interleaved, so the machine's
+/// noise (other processes) falls on all of them alike; each prints the median of its
+/// per-batch means (µs/op), then its ratio to its floor (gets to the raw read, sets to both
+/// raw put+commit floors). `ENGINE=1 bench/compare.sh` runs this 3 times and tables it.
 fn engine() -> Res<()> {
+    const ROUNDS: usize = 10;
     let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
-    for (name, flags) in [
-        (
-            "lmdb_raw_put_commit_writemap",
-            heed::EnvFlags::NO_SYNC | heed::EnvFlags::WRITE_MAP,
-        ),
-        ("lmdb_raw_put_commit", heed::EnvFlags::NO_SYNC),
-    ] {
-        let tmp = tempfile::tempdir()?;
-        let mut options = heed::EnvOpenOptions::new();
-        options.map_size(1 << 30);
+    let texts: Vec<String> = keys.iter().map(|k| format!("s-{k}")).collect();
+    let raws: Vec<String> = keys.iter().map(|k| format!("r-{k}")).collect();
+    let bytes = vec![7u8; 100];
+    let text = "v".repeat(100);
+    let tmp = tempfile::tempdir()?;
+
+    type Db = heed::Database<heed::types::Str, heed::types::Bytes>;
+    type RawEnv = heed::Env<heed::WithoutTls>;
+    let raw_env = |dir: &str, flags: heed::EnvFlags, name: Option<&str>| -> Res<_> {
+        let path = tmp.path().join(dir);
+        std::fs::create_dir(&path)?;
+        let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(1 << 30).max_dbs(4);
         // SAFETY: valid flags; a fresh directory opened once.
         unsafe { options.flags(flags) };
-        let env = unsafe { options.open(tmp.path())? };
+        let env = unsafe { options.open(&path)? };
         let mut wtxn = env.write_txn()?;
-        let db: heed::Database<heed::types::Str, heed::types::Bytes> =
-            env.create_database(&mut wtxn, None)?;
+        let db: Db = env.create_database(&mut wtxn, name)?;
+        for k in &keys {
+            db.put(&mut wtxn, k, &bytes)?;
+        }
         wtxn.commit()?;
-        emit(
-            name,
-            "median_us",
-            median_us(20_000, 200, |i| {
-                let mut txn = env.write_txn().expect("txn");
-                db.put(&mut txn, &keys[i % 1000], &[7u8; 100]).expect("put");
-                txn.commit().expect("commit");
-            }),
-        );
-        emit(
-            &name.replace("put_commit", "get"),
-            "median_us",
-            median_us(200_000, 1000, |i| {
-                let txn = env.read_txn().expect("txn");
-                std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
-            }),
-        );
-    }
-    let tmp = tempfile::tempdir()?;
-    let env = unsafe {
-        heed::EnvOpenOptions::new()
-            .read_txn_without_tls()
-            .map_size(1 << 30)
-            .open(tmp.path())?
+        Ok((env, db))
     };
-    let mut wtxn = env.write_txn()?;
-    let db: heed::Database<heed::types::Str, heed::types::Bytes> =
-        env.create_database(&mut wtxn, None)?;
-    for k in &keys {
-        db.put(&mut wtxn, k, &[7u8; 100])?;
+    let (plain, plain_db) = raw_env("raw", heed::EnvFlags::NO_SYNC, None)?;
+    let (mapped, mapped_db) = raw_env(
+        "raw-writemap",
+        heed::EnvFlags::NO_SYNC | heed::EnvFlags::WRITE_MAP,
+        None,
+    )?;
+    let (named, named_db) = raw_env("raw-named", heed::EnvFlags::NO_SYNC, Some("entries"))?;
+
+    let cache = open(&tmp.path().join("ours"))?;
+    for i in 0..1000 {
+        cache.set(&keys[i], &bytes, None)?;
+        cache.set(&texts[i], &text, None)?;
+        cache.set_bytes(&raws[i], &bytes, None)?;
     }
-    wtxn.commit()?;
-    emit(
-        "lmdb_raw_get_notls",
-        "median_us",
-        median_us(200_000, 1000, |i| {
+    const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("t");
+    let redb = redb::Database::create(tmp.path().join("redb"))?;
+    let cacache = tmp.path().join("cacache");
+    {
+        let txn = redb.begin_write()?;
+        {
+            let mut table = txn.open_table(TABLE)?;
+            for k in &keys {
+                table.insert(k.as_str(), &bytes[..])?;
+            }
+        }
+        txn.commit()?;
+    }
+    for k in &keys {
+        cacache::write_sync(&cacache, k, &bytes)?;
+    }
+
+    // (name, batch size, batches per round, one operation on key index i)
+    type Bench<'a> = (&'static str, usize, usize, Box<dyn FnMut(usize) + 'a>);
+    fn raw_get<'a>(env: &'a RawEnv, db: Db, keys: &'a [String]) -> impl FnMut(usize) + 'a {
+        move |i: usize| {
             let txn = env.read_txn().expect("txn");
             std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
-        }),
-    );
-    let cache = open(&tmp.path().join("ours"))?;
-    let value = ByteBuf::from(vec![7u8; 100]);
-    emit(
-        "ours_set",
-        "median_us",
-        median_us(20_000, 200, |i| {
-            cache.set(&keys[i % 1000], &value, None).expect("set");
-        }),
-    );
-    emit(
-        "ours_get",
-        "median_us",
-        median_us(200_000, 1000, |i| {
-            std::hint::black_box(cache.get::<ByteBuf>(&keys[i % 1000]).expect("get"));
-        }),
-    );
+        }
+    }
+    fn raw_put<'a>(env: &'a RawEnv, db: Db, keys: &'a [String]) -> impl FnMut(usize) + 'a {
+        move |i: usize| {
+            let mut txn = env.write_txn().expect("txn");
+            db.put(&mut txn, &keys[i % 1000], &[7u8; 100]).expect("put");
+            txn.commit().expect("commit");
+        }
+    }
+    let mut benches: Vec<Bench> = vec![
+        (
+            "lmdb_raw_get_notls",
+            1000,
+            20,
+            Box::new(raw_get(&plain, plain_db, &keys)),
+        ),
+        (
+            "lmdb_raw_get_notls_named_db",
+            1000,
+            20,
+            Box::new(raw_get(&named, named_db, &keys)),
+        ),
+        (
+            "ours_get_vec",
+            1000,
+            20,
+            Box::new(|i| {
+                std::hint::black_box(cache.get::<Vec<u8>>(&keys[i % 1000]).expect("get"));
+            }),
+        ),
+        (
+            "ours_get_string",
+            1000,
+            20,
+            Box::new(|i| {
+                std::hint::black_box(cache.get::<String>(&texts[i % 1000]).expect("get"));
+            }),
+        ),
+        (
+            "ours_get_bytes",
+            1000,
+            20,
+            Box::new(|i| {
+                std::hint::black_box(cache.get_bytes(&raws[i % 1000]).expect("get"));
+            }),
+        ),
+        (
+            "ours_get_with_bytes",
+            1000,
+            20,
+            Box::new(|i| {
+                std::hint::black_box(cache.with_bytes(&raws[i % 1000], |b| b[0]).expect("get"));
+            }),
+        ),
+        (
+            "ours_get_or_load_hit",
+            1000,
+            20,
+            Box::new(|i| {
+                let loader = || Ok::<_, std::io::Error>(Vec::<u8>::new());
+                std::hint::black_box(
+                    cache
+                        .get_or_load(&keys[i % 1000], loader, None)
+                        .expect("gol"),
+                );
+            }),
+        ),
+        (
+            "redb_get",
+            1000,
+            5,
+            Box::new(|i| {
+                let txn = redb.begin_read().expect("txn");
+                let table = txn.open_table(TABLE).expect("table");
+                let got = table.get(keys[i % 1000].as_str()).expect("get");
+                std::hint::black_box(got.map(|v| v.value().len()));
+            }),
+        ),
+        (
+            "cacache_read",
+            100,
+            5,
+            Box::new(|i| {
+                std::hint::black_box(cacache::read_sync(&cacache, &keys[i % 1000]).expect("read"));
+            }),
+        ),
+        (
+            "lmdb_raw_put_commit",
+            200,
+            10,
+            Box::new(raw_put(&plain, plain_db, &keys)),
+        ),
+        (
+            "lmdb_raw_put_commit_writemap",
+            200,
+            10,
+            Box::new(raw_put(&mapped, mapped_db, &keys)),
+        ),
+        (
+            "ours_set_vec",
+            200,
+            10,
+            Box::new(|i| {
+                cache.set(&keys[i % 1000], &bytes, None).expect("set");
+            }),
+        ),
+        (
+            "ours_set_string",
+            200,
+            10,
+            Box::new(|i| {
+                cache.set(&texts[i % 1000], &text, None).expect("set");
+            }),
+        ),
+        (
+            "ours_set_bytes",
+            200,
+            10,
+            Box::new(|i| {
+                cache.set_bytes(&raws[i % 1000], &bytes, None).expect("set");
+            }),
+        ),
+        (
+            "redb_insert_commit",
+            50,
+            4,
+            Box::new(|i| {
+                let mut txn = redb.begin_write().expect("txn");
+                txn.set_durability(redb::Durability::None);
+                {
+                    let mut table = txn.open_table(TABLE).expect("table");
+                    table
+                        .insert(keys[i % 1000].as_str(), &bytes[..])
+                        .expect("insert");
+                }
+                txn.commit().expect("commit");
+            }),
+        ),
+        (
+            "cacache_write",
+            10,
+            4,
+            Box::new(|i| {
+                cacache::write_sync(&cacache, &keys[i % 1000], &bytes).expect("write");
+            }),
+        ),
+    ];
+    let mut means: Vec<Vec<f64>> = vec![Vec::new(); benches.len()];
+    for _ in 0..ROUNDS {
+        for ((_, batch, batches, op), out) in benches.iter_mut().zip(&mut means) {
+            for b in 0..*batches {
+                let start = Instant::now();
+                for i in b * *batch..(b + 1) * *batch {
+                    op(i);
+                }
+                out.push(start.elapsed().as_secs_f64() * 1e6 / *batch as f64);
+            }
+        }
+    }
+    let medians: Vec<(&str, f64)> = benches
+        .iter()
+        .zip(&mut means)
+        .map(|((name, ..), m)| {
+            m.sort_by(f64::total_cmp);
+            (*name, m[m.len() / 2])
+        })
+        .collect();
+    let of = |name: &str| {
+        medians
+            .iter()
+            .find(|r| r.0 == name)
+            .map_or(f64::NAN, |r| r.1)
+    };
+    for (name, us) in &medians {
+        emit(name, "median_us", *us);
+        let floors: &[&str] = if name.contains("get") || name.contains("read") {
+            &["lmdb_raw_get_notls"]
+        } else {
+            &["lmdb_raw_put_commit", "lmdb_raw_put_commit_writemap"]
+        };
+        for floor in floors {
+            emit(name, &format!("x_{floor}"), us / of(floor));
+        }
+    }
     Ok(())
 }
 

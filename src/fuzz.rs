@@ -70,7 +70,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::caches::record::{Body, Meta};
+    use crate::caches::record::{Body, Format, Meta};
 
     fn any_record() -> impl Strategy<Value = Vec<u8>> {
         let body = prop_oneof![
@@ -86,8 +86,9 @@ mod tests {
             any::<[u64; 4]>(),
             proptest::option::of(vec(any::<u8>(), 0..64)),
             body,
+            any::<bool>(),
         )
-            .prop_map(|(t, key, (blob, inline, name, crc))| {
+            .prop_map(|(t, key, (blob, inline, name, crc), raw)| {
                 let body = if blob {
                     Body::Blob { crc, name: &name }
                 } else {
@@ -101,6 +102,11 @@ mod tests {
                         payload_len: if blob { t[3] } else { inline.len() as u64 },
                     },
                     stored_key: key.as_deref(),
+                    format: if raw {
+                        Format::Raw
+                    } else {
+                        Format::MessagePack
+                    },
                     body,
                 }
                 .encode(RECORD_KEY)

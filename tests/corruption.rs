@@ -5,18 +5,12 @@ mod common;
 
 use std::path::Path;
 
+use common::blob_files;
 use dbx_concurio::Error;
 use dbx_concurio::caches::DiskCache;
 
 fn open(dir: &Path) -> Result<DiskCache, Error> {
     DiskCache::builder().directory(dir).fallback(false).build()
-}
-
-fn blob_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(dir.join("blobs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect()
 }
 
 #[test]

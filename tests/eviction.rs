@@ -267,3 +267,51 @@ fn check_repairs_planted_debris() {
     let again = cache.check().unwrap();
     assert_eq!((again.removed_entries, again.removed_files), (0, 0));
 }
+
+/// Without a size limit writes skip the eviction order; a limit set later (by another
+/// handle, on a cache filled without one) must still evict the oldest stores first, and
+/// under LRU keep what was read meanwhile.
+#[test]
+fn a_limit_set_on_a_cache_filled_without_one_evicts_the_oldest_first() {
+    for policy in [
+        EvictionPolicy::LeastRecentlyStored,
+        EvictionPolicy::LeastRecentlyUsed,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let value = ByteBuf::from(vec![1u8; 40 * KIB as usize]);
+        {
+            let cache = DiskCache::builder()
+                .directory(tmp.path())
+                .eviction_policy(policy)
+                .build()
+                .unwrap();
+            for i in 0..20 {
+                cache.set(&format!("k{i:02}"), &value, None).unwrap();
+            }
+            // Rewritten last: the newest store, though its key sorts first.
+            cache.set("k00", &value, None).unwrap();
+            if policy == EvictionPolicy::LeastRecentlyUsed {
+                std::thread::sleep(Duration::from_millis(1100)); // past the LRU granularity
+                cache.get::<ByteBuf>("k01").unwrap().unwrap(); // used: kept
+            }
+        }
+        let cache = DiskCache::builder()
+            .directory(tmp.path())
+            .eviction_policy(policy)
+            .size_limit(500 * KIB)
+            .build()
+            .unwrap();
+        cache.set("new", &value, None).unwrap();
+        let keys = cache.keys().unwrap();
+        assert!(keys.len() < 15, "{policy:?}: {keys:?}");
+        assert!(keys.contains(&"new".to_string()), "{policy:?}");
+        assert!(keys.contains(&"k00".to_string()), "{policy:?}: {keys:?}");
+        assert!(keys.contains(&"k19".to_string()), "{policy:?}: {keys:?}");
+        assert!(!keys.contains(&"k02".to_string()), "{policy:?}: {keys:?}");
+        assert_eq!(
+            keys.contains(&"k01".to_string()),
+            policy == EvictionPolicy::LeastRecentlyUsed,
+            "{policy:?}: {keys:?}"
+        );
+    }
+}

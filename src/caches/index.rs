@@ -4,10 +4,17 @@
 //!
 //! ```text
 //! entries   index key                  -> record (see record.rs)
-//! order     order_ns (BE) ++ index key -> ""     oldest first: eviction order
+//! order     order_ns (BE) ++ index key -> ""     oldest first: eviction order (kept only
+//!                                                 while a size limit is set)
 //! expiry    expire_ns (BE) ++ index key -> ""    soonest first: lazy purge
-//! meta      "totals"                   -> Totals
+//! (main)    "totals"                   -> Totals
+//! meta      (empty; held the totals before: read if the main database has none)
 //! ```
+//!
+//! The totals live in LMDB's main database, beside the records of the named databases:
+//! every commit rewrites that page anyway (the named databases' roots moved), so updating
+//! the totals costs no page of its own (in `meta` they cost one more dirty page, written
+//! with `pwrite`, per write).
 
 use heed::types::Bytes;
 use heed::{Database, RoTxn, RwTxn};
@@ -36,6 +43,13 @@ pub(crate) struct Totals {
 }
 
 impl Totals {
+    /// Whether the eviction order is kept: only a size-limited cache evicts. Without a
+    /// limit, writes leave `order` alone (two to three dirty pages fewer per write); setting
+    /// a limit rebuilds it from the records' stamps, which are always kept.
+    pub(crate) fn ordered(&self) -> bool {
+        self.size_limit != 0
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let fields = [
             self.entries,
@@ -80,6 +94,8 @@ pub(crate) struct Garbage {
 /// The four databases.
 #[derive(Clone, Copy)]
 pub(crate) struct Index {
+    /// LMDB's unnamed database: the named databases' records, and the totals.
+    main: Database<Bytes, Bytes>,
     entries: Database<Bytes, Bytes>,
     order: Database<Bytes, Bytes>,
     expiry: Database<Bytes, Bytes>,
@@ -91,16 +107,18 @@ impl Index {
     /// is not covered by the dirty/clean state, see durability.rs).
     pub(crate) fn open(env: &LmdbEnv) -> heed::Result<Self> {
         let rtxn = env.read_txn()?;
-        let open = |name| env.open_database::<Bytes, Bytes>(&rtxn, Some(name));
-        if let (Some(entries), Some(order), Some(expiry), Some(meta)) = (
-            open("entries")?,
-            open("order")?,
-            open("expiry")?,
-            open("meta")?,
+        let open = |name| env.open_database::<Bytes, Bytes>(&rtxn, name);
+        if let (Some(main), Some(entries), Some(order), Some(expiry), Some(meta)) = (
+            open(None)?,
+            open(Some("entries"))?,
+            open(Some("order"))?,
+            open(Some("expiry"))?,
+            open(Some("meta"))?,
         ) {
             // Handles opened in a transaction die with it unless it commits (LMDB's rule).
             rtxn.commit()?;
             return Ok(Index {
+                main,
                 entries,
                 order,
                 expiry,
@@ -110,6 +128,7 @@ impl Index {
         drop(rtxn);
         let mut wtxn = env.write_txn()?;
         let index = Index {
+            main: env.create_database(&mut wtxn, None)?,
             entries: env.create_database(&mut wtxn, Some("entries"))?,
             order: env.create_database(&mut wtxn, Some("order"))?,
             expiry: env.create_database(&mut wtxn, Some("expiry"))?,
@@ -128,9 +147,24 @@ impl Index {
         self.entries.iter(txn)
     }
 
+    /// The entries after index key `after` (all of them for `None`), in index order.
+    pub(crate) fn iter_after<'t>(
+        &self,
+        txn: &'t RoTxn,
+        after: Option<&[u8]>,
+    ) -> heed::Result<heed::RoRange<'t, Bytes, Bytes>> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.entries.range(txn, &(start, Bound::Unbounded))
+    }
+
     /// The totals; recounted from the entries if the record is missing or damaged.
     pub(crate) fn totals(&self, txn: &RoTxn) -> heed::Result<Totals> {
-        match self.meta.get(txn, TOTALS_KEY)?.and_then(Totals::decode) {
+        let stored = match self.main.get(txn, TOTALS_KEY)? {
+            Some(bytes) => Some(bytes),
+            None => self.meta.get(txn, TOTALS_KEY)?, // written by an earlier version
+        };
+        match stored.and_then(Totals::decode) {
             Some(totals) => Ok(totals),
             None => self.recount(txn, Totals::default()),
         }
@@ -166,7 +200,13 @@ impl Index {
     }
 
     pub(crate) fn put_totals(&self, txn: &mut RwTxn, totals: &Totals) -> heed::Result<()> {
-        self.meta.put(txn, TOTALS_KEY, &totals.encode())
+        self.main.put(txn, TOTALS_KEY, &totals.encode())?;
+        // Where earlier versions kept them: gone at the first write, so an older build
+        // opening the cache later recounts instead of trusting stale totals.
+        if self.meta.get(txn, TOTALS_KEY)?.is_some() {
+            self.meta.delete(txn, TOTALS_KEY)?;
+        }
+        Ok(())
     }
 
     /// Stores `record` (already encoded) under `ikey`, replacing and accounting for any
@@ -182,7 +222,9 @@ impl Index {
     ) -> heed::Result<()> {
         self.remove(txn, totals, garbage, ikey)?;
         self.entries.put(txn, ikey, record)?;
-        self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+        if totals.ordered() {
+            self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+        }
         if meta.expire_ns != 0 {
             self.expiry.put(txn, &stamped(meta.expire_ns, ikey), &[])?;
         }
@@ -210,7 +252,9 @@ impl Index {
             .map(|r| (r.meta, blob_name(&r)));
         self.entries.delete(txn, ikey)?;
         if let Some((meta, blob)) = decoded {
-            self.order.delete(txn, &stamped(meta.order_ns, ikey))?;
+            if totals.ordered() {
+                self.order.delete(txn, &stamped(meta.order_ns, ikey))?;
+            }
             if meta.expire_ns != 0 {
                 self.expiry.delete(txn, &stamped(meta.expire_ns, ikey))?;
             }
@@ -226,6 +270,7 @@ impl Index {
     pub(crate) fn restamp(
         &self,
         txn: &mut RwTxn,
+        totals: &Totals,
         ikey: &[u8],
         change: impl FnOnce(&mut Meta),
     ) -> heed::Result<bool> {
@@ -239,8 +284,10 @@ impl Index {
         change(&mut record.meta);
         let new = record.meta;
         let updated = record.encode(ikey);
-        self.order.delete(txn, &stamped(old.order_ns, ikey))?;
-        self.order.put(txn, &stamped(new.order_ns, ikey), &[])?;
+        if totals.ordered() {
+            self.order.delete(txn, &stamped(old.order_ns, ikey))?;
+            self.order.put(txn, &stamped(new.order_ns, ikey), &[])?;
+        }
         if old.expire_ns != 0 {
             self.expiry.delete(txn, &stamped(old.expire_ns, ikey))?;
         }
@@ -344,13 +391,45 @@ impl Index {
         self.order.clear(txn)?;
         self.expiry.clear(txn)?;
         for (ikey, meta) in &keep {
-            self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+            if totals.ordered() {
+                self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
+            }
             if meta.expire_ns != 0 {
                 self.expiry.put(txn, &stamped(meta.expire_ns, ikey), &[])?;
             }
         }
         *totals = self.recount(txn, *totals)?;
         Ok((keep.len() as u64, bad.len() as u64, referenced))
+    }
+
+    /// Sets the size limit; the eviction order is rebuilt from the records' stamps when it
+    /// starts being kept (see [`Totals::ordered`]) and dropped when it stops.
+    pub(crate) fn set_size_limit(
+        &self,
+        txn: &mut RwTxn,
+        totals: &mut Totals,
+        limit: u64,
+    ) -> heed::Result<()> {
+        let was = totals.ordered();
+        totals.size_limit = limit;
+        if was == totals.ordered() {
+            return Ok(());
+        }
+        self.order.clear(txn)?;
+        if !totals.ordered() {
+            return Ok(());
+        }
+        let mut stamps = Vec::new();
+        for item in self.entries.iter(txn)? {
+            let (ikey, value) = item?;
+            if let Ok(record) = Record::decode(ikey, value) {
+                stamps.push(stamped(record.meta.order_ns, ikey));
+            }
+        }
+        for key in &stamps {
+            self.order.put(txn, key, &[])?;
+        }
+        Ok(())
     }
 
     /// Up to `max` (stamp key, index key) pairs from the start of an order database whose
@@ -404,4 +483,38 @@ fn footprint(ikey: &[u8], record: &[u8]) -> u64 {
         _ => 0,
     };
     (record.len() + 3 * (ikey.len() + 8) + 48) as u64 + blob
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Totals kept in the `meta` database by earlier versions are read, and moved to the
+    /// main database by the first write.
+    #[test]
+    fn totals_written_in_meta_by_earlier_versions_are_read_and_moved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = crate::caches::lmdb::open_env(tmp.path(), false, 1 << 20).unwrap();
+        let index = Index::open(&env).unwrap();
+        let old = Totals {
+            entries: 3,
+            bytes: 300,
+            ..Totals::default()
+        };
+        let mut txn = env.write_txn().unwrap();
+        index.meta.put(&mut txn, TOTALS_KEY, &old.encode()).unwrap();
+        txn.commit().unwrap();
+
+        let txn = env.read_txn().unwrap();
+        assert_eq!(index.totals(&txn).unwrap(), old);
+        drop(txn);
+        let mut txn = env.write_txn().unwrap();
+        let new = Totals { entries: 4, ..old };
+        index.put_totals(&mut txn, &new).unwrap();
+        txn.commit().unwrap();
+        let txn = env.read_txn().unwrap();
+        assert_eq!(index.totals(&txn).unwrap(), new);
+        assert!(index.meta.get(&txn, TOTALS_KEY).unwrap().is_none());
+        assert!(index.main.get(&txn, TOTALS_KEY).unwrap().is_some());
+    }
 }

@@ -20,9 +20,11 @@
 #[cfg(feature = "tokio")]
 mod asynchronous;
 mod blobs;
+mod codec;
 mod counters;
 mod durability;
 pub(crate) mod index;
+mod iter;
 mod key_locks;
 mod keys;
 mod lmdb;
@@ -39,13 +41,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use iter::Iter;
 pub use open::Durability;
 pub use store::CheckReport;
 
 use crate::dirs::{self, Location};
 use crate::error::{BoxError, Error, Result};
+use codec::encode;
 use open::Store;
-use record::Meta;
+use record::{Format, Meta};
 use store::{Lookup, PutMode, Restamp};
 
 /// Which entries go first when a size-limited cache is full.
@@ -149,6 +153,7 @@ pub struct DiskCache {
     dir: Arc<Path>,
     lock_timeout: Option<Duration>,
     policy: EvictionPolicy,
+    time_to_live: Option<Duration>,
 }
 
 /// Configures and opens a [`DiskCache`]; see [`DiskCache::builder`].
@@ -162,6 +167,7 @@ pub struct DiskCacheBuilder {
     lock_timeout: Option<Duration>,
     size_limit: Option<u64>,
     policy: EvictionPolicy,
+    time_to_live: Option<Duration>,
 }
 
 impl Default for DiskCacheBuilder {
@@ -174,6 +180,7 @@ impl Default for DiskCacheBuilder {
             lock_timeout: None,
             size_limit: None,
             policy: EvictionPolicy::default(),
+            time_to_live: None,
         }
     }
 }
@@ -240,6 +247,17 @@ impl DiskCacheBuilder {
         self
     }
 
+    /// The expiry (and, for loads, the maximum age) of the calls that take none:
+    /// [`DiskCache::insert`] and [`DiskCache::try_get_with`]. Calls with an `expire`
+    /// argument keep it, `None` included ("never"). Per handle: other handles and
+    /// processes choose their own. Without it, those calls store entries that never expire.
+    #[doc(alias = "ttl")]
+    #[doc(alias = "default_expire")]
+    pub fn time_to_live(mut self, ttl: Duration) -> Self {
+        self.time_to_live = Some(ttl);
+        self
+    }
+
     /// Resolves the directory, creates it, and opens the cache.
     pub fn build(self) -> Result<DiskCache> {
         let dir = dirs::resolve_and_prepare(&self.location, self.name.as_deref(), self.fallback)?;
@@ -255,6 +273,7 @@ impl DiskCacheBuilder {
             dir,
             lock_timeout: self.lock_timeout,
             policy: self.policy,
+            time_to_live: self.time_to_live,
         })
     }
 }
@@ -280,14 +299,7 @@ impl DiskCache {
     /// Errors: [`Error::Decode`] if the value is not a `T`; [`Error::Corrupt`] if its bytes
     /// fail their checksum.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<DiskCacheValue<T>>> {
-        let now = LazyNow::default();
-        match self.lookup(key, |meta| now.live(meta))? {
-            Lookup::Found(meta, value) => Ok(Some(self.hit(key, value, meta, &now))),
-            Lookup::Missing | Lookup::Rejected => {
-                self.store.count(false);
-                Ok(None)
-            }
-        }
+        self.read(key, |format, payload| codec::decode(key, format, payload))
     }
 
     /// Stores `value` under `key`, replacing any previous value; `expire` = `None` keeps it
@@ -308,6 +320,12 @@ impl DiskCache {
                 PutMode::Replace,
             )
             .map(drop)
+    }
+
+    /// [`set`](Self::set) with the cache's [`time_to_live`](DiskCacheBuilder::time_to_live)
+    /// (never expires without one).
+    pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<()> {
+        self.set(key, value, self.time_to_live)
     }
 
     /// Stores a value with its own load time and expiry (one read from another cache, or
@@ -343,6 +361,51 @@ impl DiskCache {
             &payload,
             PutMode::IfAbsentOrExpired(now),
         )
+    }
+
+    /// Stores `bytes` under `key` as they are, without serde (for callers that hold bytes:
+    /// file contents, responses, their own encodings). Same guarantees as [`set`](Self::set):
+    /// checksummed, atomic, values over 32 KiB in their own file.
+    ///
+    /// Read them with [`get_bytes`](Self::get_bytes), [`with_bytes`](Self::with_bytes), or
+    /// [`get`](Self::get) as a byte type (`Vec<u8>`, `Box<[u8]>`, `serde_bytes::ByteBuf`,
+    /// `bytes::Bytes`). Raw bytes are never parsed as MessagePack: `get` as any type that
+    /// does not take a byte array is [`Error::Decode`].
+    pub fn set_bytes(&self, key: &str, bytes: &[u8], expire: Option<Duration>) -> Result<()> {
+        codec::check_raw(key, bytes)?;
+        let meta = new_meta(now_ns(), expire, bytes);
+        self.store
+            .put_as(key, meta, Format::Raw, bytes, PutMode::Replace)
+            .map(drop)
+    }
+
+    /// Reads the bytes of `key`: a value stored by [`set_bytes`](Self::set_bytes), or by
+    /// [`set`](Self::set) as bytes or a string. `None` if it is missing or expired.
+    ///
+    /// Errors: [`Error::Decode`] if the value is not bytes; [`Error::Corrupt`] as for `get`.
+    pub fn get_bytes(&self, key: &str) -> Result<Option<DiskCacheValue<Vec<u8>>>> {
+        self.with_bytes(key, <[u8]>::to_vec)
+    }
+
+    /// Calls `f` on the bytes of `key` where they lie (in the index's memory for values up
+    /// to 32 KiB: no copy), and returns what it returns; `None` if the key is missing or
+    /// expired. Which values have bytes, and the errors: as [`get_bytes`](Self::get_bytes).
+    ///
+    /// `f` runs inside a read transaction: keep it short (a long one keeps the pages it
+    /// reads from being reused).
+    pub fn with_bytes<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<DiskCacheValue<R>>> {
+        let mut f = Some(f);
+        self.read(key, |format, payload| {
+            let bytes = codec::bytes_of(key, format, payload)?;
+            // `lookup` decodes at most once: it returns right after.
+            f.take()
+                .map(|f| f(&bytes))
+                .ok_or_else(|| Error::InvalidInput("with_bytes: the value was read twice".into()))
+        })
     }
 
     /// Returns the value of `key` if it is younger than `expire` (and not expired); else runs
@@ -415,6 +478,18 @@ impl DiskCache {
         Ok(to_value(value, meta))
     }
 
+    /// [`get_or_load`](Self::get_or_load) with the cache's
+    /// [`time_to_live`](DiskCacheBuilder::time_to_live) as `expire` (never stale without
+    /// one).
+    pub fn try_get_with<T, E, F>(&self, key: &str, loader: F) -> Result<DiskCacheValue<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> std::result::Result<T, E>,
+        E: Into<BoxError>,
+    {
+        self.get_or_load(key, loader, self.time_to_live)
+    }
+
     /// Removes `key`; true if it was there.
     pub fn delete(&self, key: &str) -> Result<bool> {
         self.store.delete(key)
@@ -425,7 +500,7 @@ impl DiskCache {
         let now = now_ns();
         Ok(matches!(
             self.store
-                .lookup(key, |meta| !meta.expired(now), |_| Ok(()))?,
+                .lookup(key, |meta| !meta.expired(now), |_, _| Ok(()))?,
             Lookup::Found(..)
         ))
     }
@@ -493,15 +568,27 @@ impl DiskCache {
             .store
             .entries()?
             .into_iter()
-            .map(|e| EntryInfo {
-                key: e.key,
-                load_timestamp: from_ns(e.meta.load_ns),
-                expires_at: (e.meta.expire_ns != 0).then(|| from_ns(e.meta.expire_ns)),
-                size: e.meta.payload_len,
-                in_file: e.in_file,
-                expired: e.meta.expired(now),
-            })
+            .map(|e| entry_info(e, now))
             .collect())
+    }
+
+    /// The unexpired entries' keys and metadata, lazily, in batches of 1 024 read from
+    /// short read transactions: memory stays flat for caches of millions of entries (where
+    /// [`keys`](Self::keys) and [`entries`](Self::entries) build a `Vec`). Same order as
+    /// `keys`; entries written or removed during the walk may or may not be seen.
+    ///
+    /// ```
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// # let cache = dbx_concurio::caches::DiskCache::builder().directory(tmp.path()).build()?;
+    /// # cache.set("a", "x", None)?;
+    /// for entry in cache.iter() {
+    ///     let entry = entry?;
+    ///     println!("{} ({} bytes)", entry.key, entry.size);
+    /// }
+    /// # Ok::<(), dbx_concurio::Error>(())
+    /// ```
+    pub fn iter(&self) -> Iter {
+        Iter::new(self.clone())
     }
 
     /// Removes every entry; returns how many there were.
@@ -547,6 +634,22 @@ impl DiskCache {
         }
     }
 
+    /// `get`'s path: the unexpired entry, decoded by `decode`, counted as a hit or a miss.
+    fn read<R>(
+        &self,
+        key: &str,
+        decode: impl FnMut(Format, &[u8]) -> Result<R>,
+    ) -> Result<Option<DiskCacheValue<R>>> {
+        let now = LazyNow::default();
+        match self.store.lookup(key, |meta| now.live(meta), decode)? {
+            Lookup::Found(meta, value) => Ok(Some(self.hit(key, value, meta, &now))),
+            Lookup::Missing | Lookup::Rejected => {
+                self.store.count(false);
+                Ok(None)
+            }
+        }
+    }
+
     /// Records a hit (and, under LRU, the use) and wraps the value.
     fn hit<T>(&self, key: &str, value: T, meta: Meta, now: &LazyNow) -> DiskCacheValue<T> {
         self.store.count(true);
@@ -570,12 +673,8 @@ impl DiskCache {
         key: &str,
         accept: impl Fn(&Meta) -> bool,
     ) -> Result<Lookup<T>> {
-        self.store.lookup(key, accept, |bytes| {
-            rmp_serde::from_slice(bytes).map_err(|e| Error::Decode {
-                key: key.to_owned(),
-                type_name: std::any::type_name::<T>(),
-                source: Box::new(e),
-            })
+        self.store.lookup(key, accept, |format, payload| {
+            codec::decode(key, format, payload)
         })
     }
 }
@@ -601,56 +700,6 @@ const LRU_GRANULARITY_NS: u64 = 1_000_000_000;
 /// How far in the future a load time may lie (clocks of other machines) and still count as
 /// fresh for `get_or_load`.
 const CLOCK_SKEW_NS: u64 = 1_000_000_000;
-/// The largest encoded value: MessagePack's lengths are 32-bit, and rmp-serde silently
-/// wraps longer ones (a 4 GiB + 16 byte value would read back as 16 bytes). No value whose
-/// encoding fits in this can hold a longer string, byte array or sequence.
-pub(crate) const MAX_ENCODED_LEN: u64 = u32::MAX as u64;
-
-fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>> {
-    let mut out = BoundedVec::default();
-    match rmp_serde::encode::write_named(&mut out, value) {
-        Ok(()) => Ok(out.bytes),
-        Err(_) if out.overflowed => Err(Error::Encode {
-            key: key.to_owned(),
-            source: format!(
-                "the value's encoding exceeds {MAX_ENCODED_LEN} bytes (4 GiB - 1), the most a \
-                 MessagePack length can say"
-            )
-            .into(),
-        }),
-        Err(e) => Err(Error::Encode {
-            key: key.to_owned(),
-            source: Box::new(e),
-        }),
-    }
-}
-
-/// A `Vec` writer that fails once it would pass [`MAX_ENCODED_LEN`] (so a too-large
-/// value is refused after at most that many bytes, not after doubling its memory).
-#[derive(Default)]
-struct BoundedVec {
-    bytes: Vec<u8>,
-    overflowed: bool,
-}
-
-impl std::io::Write for BoundedVec {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if (self.bytes.len() as u64).saturating_add(buf.len() as u64) > MAX_ENCODED_LEN {
-            self.overflowed = true;
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                "value too large",
-            ));
-        }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The metadata of a value stored now with `expire`.
 fn new_meta(now: u64, expire: Option<Duration>, payload: &[u8]) -> Meta {
     Meta {
@@ -658,6 +707,17 @@ fn new_meta(now: u64, expire: Option<Duration>, payload: &[u8]) -> Meta {
         expire_ns: expiry_ns(now, expire),
         order_ns: now,
         payload_len: payload.len() as u64,
+    }
+}
+
+fn entry_info(e: store::EntryInfo, now: u64) -> EntryInfo {
+    EntryInfo {
+        key: e.key,
+        load_timestamp: from_ns(e.meta.load_ns),
+        expires_at: (e.meta.expire_ns != 0).then(|| from_ns(e.meta.expire_ns)),
+        size: e.meta.payload_len,
+        in_file: e.in_file,
+        expired: e.meta.expired(now),
     }
 }
 

@@ -3,7 +3,8 @@
 //! ```text
 //! offset size  field
 //!  0      1    format version (1)
-//!  1      1    flags: 1 = payload lives in a blob file, 2 = full key stored (long key)
+//!  1      1    flags: 1 = payload lives in a blob file, 2 = full key stored (long key),
+//!                     4 = the payload is raw bytes (`set_bytes`), not MessagePack
 //!  2      2    reserved, 0
 //!  4      4    CRC-32 of the index key, bytes 0..4, and every byte from offset 8 on
 //!  8      8    load timestamp, ns since the Unix epoch
@@ -11,7 +12,7 @@
 //! 24      8    eviction order stamp, ns (store time; last use under LRU)
 //! 32      4    stored-key length (0 unless flag 2)
 //! 36      8    payload length (inline bytes, or the blob file's length)
-//! 44      -    stored key, then either the inline payload (MessagePack)
+//! 44      -    stored key, then either the inline payload (MessagePack or raw)
 //!              or the blob reference: CRC-32 of the blob file, then its file name
 //! ```
 //!
@@ -23,6 +24,17 @@ pub(crate) const FORMAT_VERSION: u8 = 1;
 const HEADER_LEN: usize = 44;
 const FLAG_BLOB: u8 = 1;
 const FLAG_KEY: u8 = 2;
+const FLAG_RAW: u8 = 4;
+
+/// How the payload bytes encode the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Format {
+    /// MessagePack with field names (`set`, `get_or_load`).
+    #[default]
+    MessagePack,
+    /// The caller's bytes as they are (`set_bytes`): never parsed as MessagePack.
+    Raw,
+}
 
 /// Timestamps and size of an entry, without its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +67,7 @@ pub(crate) struct Record<'a> {
     pub(crate) meta: Meta,
     /// The full key, present only for keys too long to be the index key themselves.
     pub(crate) stored_key: Option<&'a [u8]>,
+    pub(crate) format: Format,
     pub(crate) body: Body<'a>,
 }
 
@@ -70,6 +83,11 @@ impl<'a> Record<'a> {
         let flags = flags
             | if self.stored_key.is_some() {
                 FLAG_KEY
+            } else {
+                0
+            }
+            | if self.format == Format::Raw {
+                FLAG_RAW
             } else {
                 0
             };
@@ -110,7 +128,7 @@ impl<'a> Record<'a> {
         let flags = header[1];
         // Only what `encode` writes is a record: unknown flags or reserved bits set mean
         // another format (or damage that kept its CRC), not something to guess at.
-        if flags & !(FLAG_BLOB | FLAG_KEY) != 0 || header[2..4] != [0, 0] {
+        if flags & !(FLAG_BLOB | FLAG_KEY | FLAG_RAW) != 0 || header[2..4] != [0, 0] {
             return Err(format!(
                 "record flags {flags:#x} or reserved bytes are not format 1"
             ));
@@ -161,9 +179,15 @@ impl<'a> Record<'a> {
             }
             Body::Inline(rest)
         };
+        let format = if flags & FLAG_RAW != 0 {
+            Format::Raw
+        } else {
+            Format::MessagePack
+        };
         Ok(Record {
             meta,
             stored_key,
+            format,
             body,
         })
     }
@@ -171,6 +195,18 @@ impl<'a> Record<'a> {
 
 /// CRC-32 over the index key and the whole record except the checksum field itself.
 fn checksum(ikey: &[u8], record: &[u8]) -> u32 {
+    // Small records (the hit path's common case) are hashed in one call over a stack copy:
+    // three calls, two of them on 4-8 bytes, cost more than the copy.
+    const STACK: usize = 256;
+    let len = ikey.len() + record.len().saturating_sub(4);
+    if len <= STACK && record.len() >= 8 {
+        let mut buf = [0u8; STACK];
+        let (key, rest) = buf.split_at_mut(ikey.len());
+        key.copy_from_slice(ikey);
+        rest[..4].copy_from_slice(&record[..4]);
+        rest[4..len - ikey.len()].copy_from_slice(&record[8..]);
+        return crc32fast::hash(&buf[..len]);
+    }
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(ikey);
     hasher.update(&record[..4]);
@@ -194,6 +230,10 @@ mod tests {
     use super::*;
 
     fn sample(body: Body<'_>, key: Option<&'static [u8]>) -> Vec<u8> {
+        sample_as(Format::MessagePack, body, key)
+    }
+
+    fn sample_as(format: Format, body: Body<'_>, key: Option<&'static [u8]>) -> Vec<u8> {
         Record {
             meta: Meta {
                 load_ns: 7,
@@ -202,6 +242,7 @@ mod tests {
                 payload_len: 3,
             },
             stored_key: key,
+            format,
             body,
         }
         .encode(b"\0key")
@@ -279,6 +320,30 @@ mod tests {
         assert!(Record::decode(b"\0key", &with_crc(bad)).is_err());
         let rec = Record::decode(b"\0key", &good).unwrap();
         assert_eq!(rec.encode(b"\0key"), good);
+    }
+
+    /// The raw flag survives a round trip on inline and blob bodies, and re-encodes to the
+    /// same bytes; without the flag a payload is MessagePack.
+    #[test]
+    fn raw_payloads_are_flagged() {
+        for body in [
+            Body::Inline(b"abc"),
+            Body::Blob {
+                crc: 1,
+                name: "v-x.blob",
+            },
+        ] {
+            let raw = sample_as(Format::Raw, body, None);
+            let rec = Record::decode(b"\0key", &raw).unwrap();
+            assert_eq!((rec.format, rec.body), (Format::Raw, body));
+            assert_eq!(rec.encode(b"\0key"), raw);
+            let packed = sample(body, None);
+            assert_eq!(
+                Record::decode(b"\0key", &packed).unwrap().format,
+                Format::MessagePack
+            );
+            assert_ne!(raw[1], packed[1]);
+        }
     }
 
     #[test]

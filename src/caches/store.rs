@@ -12,7 +12,7 @@ use super::key_locks::KEY_LOCK_FILE;
 use super::keys::{IndexKey, user_key};
 use super::lmdb::ALIAS_PREFIX;
 use super::open::{Durability, Local, Store};
-use super::record::{Body, Meta, Record};
+use super::record::{Body, Format, Meta, Record};
 use super::recovery::TEMP_PREFIX;
 use crate::error::{Error, Result};
 
@@ -81,12 +81,12 @@ impl Store {
     }
 
     /// Reads `key` without any lock: one LMDB read transaction, a checksum, and `decode`
-    /// on the payload if `accept` likes the metadata.
+    /// on the payload (in place) if `accept` likes the metadata.
     pub(crate) fn lookup<R>(
         &self,
         key: &str,
         accept: impl Fn(&Meta) -> bool,
-        mut decode: impl FnMut(&[u8]) -> Result<R>,
+        mut decode: impl FnMut(Format, &[u8]) -> Result<R>,
     ) -> Result<Lookup<R>> {
         let local = self.local()?;
         let ikey = IndexKey::new(key);
@@ -94,7 +94,7 @@ impl Store {
         // writer replaces or evicts the entry; then the record has changed too: look again.
         const ATTEMPTS: usize = 5;
         for attempt in 1..=ATTEMPTS {
-            let (meta, crc, name) = {
+            let (meta, format, crc, name) = {
                 let txn = self.read_txn(local)?;
                 let Some(bytes) = local
                     .index
@@ -116,13 +116,13 @@ impl Store {
                 }
                 match record.body {
                     Body::Inline(payload) => {
-                        return Ok(Lookup::Found(record.meta, decode(payload)?));
+                        return Ok(Lookup::Found(record.meta, decode(record.format, payload)?));
                     }
-                    Body::Blob { crc, name } => (record.meta, crc, name.to_owned()),
+                    Body::Blob { crc, name } => (record.meta, record.format, crc, name.to_owned()),
                 }
             };
             match self.blobs().read(&name, meta.payload_len, crc, key)? {
-                Some(bytes) => return Ok(Lookup::Found(meta, decode(&bytes)?)),
+                Some(bytes) => return Ok(Lookup::Found(meta, decode(format, &bytes)?)),
                 None if attempt < ATTEMPTS => {}
                 None => {
                     return Err(Error::Corrupt {
@@ -139,6 +139,18 @@ impl Store {
     /// atomically; then does the bounded housekeeping (lazy purge, eviction) in the same
     /// transaction. Returns whether it stored (`PutMode::IfAbsentOrExpired` may decline).
     pub(crate) fn put(&self, key: &str, meta: Meta, payload: &[u8], mode: PutMode) -> Result<bool> {
+        self.put_as(key, meta, Format::MessagePack, payload, mode)
+    }
+
+    /// [`put`](Self::put) of a payload in `format`.
+    pub(crate) fn put_as(
+        &self,
+        key: &str,
+        meta: Meta,
+        format: Format,
+        payload: &[u8],
+        mode: PutMode,
+    ) -> Result<bool> {
         // The record stores a long key's length in 32 bits: refuse rather than wrap.
         if u32::try_from(key.len()).is_err() {
             return Err(Error::InvalidInput(format!(
@@ -162,6 +174,7 @@ impl Store {
         let record = Record {
             meta,
             stored_key: ikey.is_hashed().then_some(key.as_bytes()),
+            format,
             body,
         }
         .encode(ikey.as_bytes());
@@ -196,8 +209,8 @@ impl Store {
     /// Changes `key`'s expiry and/or eviction stamp, keeping its value; true if it was there.
     pub(crate) fn restamp(&self, key: &str, change: Restamp) -> Result<bool> {
         let ikey = IndexKey::new(key);
-        self.write(|index, txn, _, _| {
-            index.restamp(txn, ikey.as_bytes(), |meta| {
+        self.write(|index, txn, totals, _| {
+            index.restamp(txn, totals, ikey.as_bytes(), |meta| {
                 if let Some(expire_ns) = change.expire_ns
                     && !meta.expired(change.now)
                 {
@@ -235,10 +248,7 @@ impl Store {
 
     /// Sets the size limit shared by every process (0 = none); evicts at the next write.
     pub(crate) fn set_size_limit(&self, limit: u64) -> Result<()> {
-        self.write(|_, _, totals, _| {
-            totals.size_limit = limit;
-            Ok(())
-        })
+        self.write(|index, txn, totals, _| index.set_size_limit(txn, totals, limit))
     }
 
     /// The shared totals, with the shared hit and miss counters added.
@@ -266,11 +276,31 @@ impl Store {
 
     /// A snapshot of every entry's key and metadata (corrupt records are skipped).
     pub(crate) fn entries(&self) -> Result<Vec<EntryInfo>> {
+        Ok(self.entries_after(None, usize::MAX)?.0)
+    }
+
+    /// Up to `limit` entries after index key `after` (from the start for `None`), in index
+    /// order, from one read transaction (corrupt records are skipped). Also returns the last
+    /// index key read, to continue from; `None` once the end was reached.
+    pub(crate) fn entries_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<EntryInfo>, Option<Vec<u8>>)> {
         let local = self.local()?;
         let txn = self.read_txn(local)?;
         let mut out = Vec::new();
-        for item in local.index.iter(&txn).map_err(|e| self.storage(e))? {
+        let mut last = None;
+        let items = local
+            .index
+            .iter_after(&txn, after)
+            .map_err(|e| self.storage(e))?;
+        for (read, item) in items.enumerate() {
+            if read == limit {
+                return Ok((out, last.map(<[u8]>::to_vec)));
+            }
             let (k, v) = item.map_err(|e| self.storage(e))?;
+            last = Some(k);
             let Ok(record) = Record::decode(k, v) else {
                 tracing::warn!(
                     "skipping a corrupt record in {}",
@@ -287,7 +317,7 @@ impl Store {
                 in_file: matches!(record.body, Body::Blob { .. }),
             });
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Verifies every entry and value file, removes what is damaged, rebuilds the order,

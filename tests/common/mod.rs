@@ -58,6 +58,14 @@ pub fn child_role() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
 }
 
+/// The value files of the cache in `dir`.
+pub fn blob_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir.join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
 /// Lines of a file, or none if it does not exist.
 pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
