@@ -217,10 +217,18 @@ fn a_local_miss_is_served_from_the_shared_tier_with_the_entrys_own_stamps() {
     );
     let stats = b.stats().unwrap().shared.unwrap();
     assert_eq!((stats.hits, stats.misses), (1, 0));
-    // The local tier was filled: served with the server paused, no network call made.
-    server.pause();
-    let local = b.get::<String>("k").unwrap().unwrap();
+    // The local tier is filled (in the background) with the same stamps; then it serves
+    // with the server paused, no network call made.
+    let start = Instant::now();
+    let local = loop {
+        if let Some(local) = b.get::<String>("k").unwrap() {
+            break local;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never filled");
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(local, loaded);
+    server.pause();
     let again = b
         .get_or_load("k", no_load, Some(Duration::from_secs(60)))
         .unwrap();

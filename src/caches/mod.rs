@@ -22,6 +22,7 @@ mod asynchronous;
 mod blobs;
 mod counters;
 mod durability;
+mod fill;
 pub(crate) mod index;
 mod key_locks;
 mod keys;
@@ -47,9 +48,10 @@ pub use store::CheckReport;
 
 use crate::dirs::{self, Location};
 use crate::error::{BoxError, Error, Result};
+use fill::SharedSide;
 use open::Store;
 use record::Meta;
-use shared::{SharedOptions, SharedTier};
+use shared::SharedOptions;
 use store::{Lookup, PutMode, Restamp};
 
 /// Which entries go first when a size-limited cache is full.
@@ -155,7 +157,7 @@ pub struct DiskCache {
     dir: Arc<Path>,
     lock_timeout: Option<Duration>,
     policy: EvictionPolicy,
-    shared: Option<Arc<SharedTier>>,
+    shared: Option<Arc<SharedSide>>,
 }
 
 /// Configures and opens a [`DiskCache`]; see [`DiskCache::builder`].
@@ -305,18 +307,6 @@ impl DiskCacheBuilder {
 
     /// Resolves the directory, creates it, and opens the cache.
     pub fn build(self) -> Result<DiskCache> {
-        let shared = self
-            .shared
-            .as_ref()
-            .filter(|options| !options.url.is_empty())
-            .map(|options| {
-                let name = self
-                    .name
-                    .as_deref()
-                    .map_or_else(|| shared_name(&self.location), str::to_owned);
-                SharedTier::new(options.clone(), &name).map(Arc::new)
-            })
-            .transpose()?;
         let dir = dirs::resolve_and_prepare(&self.location, self.name.as_deref(), self.fallback)?;
         let store = open::open(&dir, self.durability)?;
         let dir: Arc<Path> = store.paths().dir.clone().into();
@@ -325,6 +315,17 @@ impl DiskCacheBuilder {
         {
             store.set_size_limit(limit)?;
         }
+        let shared = self
+            .shared
+            .filter(|options| !options.url.is_empty())
+            .map(|options| {
+                let name = self
+                    .name
+                    .as_deref()
+                    .map_or_else(|| shared_name(&self.location), str::to_owned);
+                SharedSide::new(options, &name, &store).map(Arc::new)
+            })
+            .transpose()?;
         Ok(DiskCache {
             store,
             dir,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::fill::SharedSide;
 use super::open::Store;
 use super::record::Meta;
 use super::shared::{Claim, Entry, Lease, SharedTier, Written};
@@ -68,7 +69,7 @@ impl DiskCache {
     /// `get_or_load` after a local miss, with a shared tier (see the module doc).
     pub(super) fn get_or_load_tiered<T, E, F>(
         &self,
-        shared: &SharedTier,
+        side: &SharedSide,
         key: &str,
         loader: F,
         expire: Option<Duration>,
@@ -78,10 +79,11 @@ impl DiskCache {
         F: FnOnce() -> std::result::Result<T, E>,
         E: Into<BoxError>,
     {
+        let shared = &side.tier;
         let valid = |entry: &Entry| fresh_entry(entry, expire, now_ns());
         // One round trip; no lock.
         if let Some(entry) = Tier::read(shared, key)?.filter(|e| valid(e))
-            && let Some(hit) = self.fill(shared, key, entry)?
+            && let Some(hit) = self.serve(side, key, entry)?
         {
             return Ok(hit);
         }
@@ -93,7 +95,7 @@ impl DiskCache {
         self.store.ensure_present()?;
         let deadline = self.lock_timeout.map(|t| Instant::now() + t);
         let lease = match shared.claim(key, valid, deadline)? {
-            Claim::Landed(entry) => match self.fill(shared, key, entry)? {
+            Claim::Landed(entry) => match self.serve(side, key, entry)? {
                 Some(hit) => return Ok(hit),
                 None => None, // stored under an older type: load it (locally) again
             },
@@ -120,11 +122,11 @@ impl DiskCache {
         Ok(to_value(value, meta))
     }
 
-    /// Serves a shared entry: decodes it and fills the local tier with its own stamps.
-    /// `None` if it is not a `T` (stored by another version of the type).
-    fn fill<T: DeserializeOwned>(
+    /// Serves a shared entry: decodes it and fills the local tier with its own stamps (in
+    /// the background). `None` if it is not a `T` (stored by another version of the type).
+    fn serve<T: DeserializeOwned>(
         &self,
-        shared: &SharedTier,
+        side: &SharedSide,
         key: &str,
         entry: Entry,
     ) -> Result<Option<DiskCacheValue<T>>> {
@@ -138,14 +140,15 @@ impl DiskCache {
                 return Ok(None);
             }
         };
-        Tier::write(&*self.store, key, &entry, None)?;
-        shared.count_hit(true);
-        self.store.count(false);
-        Ok(Some(DiskCacheValue {
+        let served = DiskCacheValue {
             value,
             load_timestamp: super::from_ns(entry.load_ns),
             expires_at: (entry.expire_ns != 0).then(|| super::from_ns(entry.expire_ns)),
-        }))
+        };
+        side.filler.fill(&self.store, key, entry)?;
+        side.tier.count_hit(true);
+        self.store.count(false);
+        Ok(Some(served))
     }
 }
 
