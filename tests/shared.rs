@@ -143,6 +143,24 @@ fn spawn_role(role: &str, dir: &Path, server: &RedisServer, envs: &[(&str, Strin
     cmd.spawn().expect("spawn child")
 }
 
+/// The environment of a `load` or `hold` child: key, its value, the load counter, the
+/// lease, and the file a `hold` loader waits for.
+fn key_env(
+    key: &str,
+    value: &str,
+    counter: &Path,
+    lease: Duration,
+    go: &Path,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("KEY", key.to_string()),
+        ("VALUE", value.to_string()),
+        ("COUNTER", counter.display().to_string()),
+        ("LEASE_MS", lease.as_millis().to_string()),
+        ("GO", go.display().to_string()),
+    ]
+}
+
 /// Waits for the child (SIGKILLing it and failing after `limit`); it must succeed.
 fn finish(child: Child, limit: Duration, what: &str) -> Output {
     let out = wait_or_kill(child, limit, what);
@@ -173,12 +191,8 @@ fn eight_processes_on_two_machines_load_a_key_once() {
     let children: Vec<_> = (0..8)
         .map(|i| {
             let dir = tmp.path().join(format!("machine{}", i % 2));
-            let envs = [
-                ("KEY", "the-key".to_string()),
-                ("VALUE", format!("from-{i}")),
-                ("COUNTER", counter.display().to_string()),
-                ("LEASE_MS", "5000".to_string()),
-            ];
+            let lease = Duration::from_secs(5);
+            let envs = key_env("the-key", &format!("from-{i}"), &counter, lease, &counter);
             spawn_role("load", &dir, &server, &envs)
         })
         .collect();
@@ -247,15 +261,8 @@ fn a_sigkilled_lease_holder_is_replaced_within_the_lease() {
     let lease = Duration::from_secs(2);
     let tmp = tempfile::tempdir().unwrap();
     let counter = tmp.path().join("loads");
-    let envs = |value: &str| {
-        [
-            ("KEY", "k".to_string()),
-            ("VALUE", value.to_string()),
-            ("COUNTER", counter.display().to_string()),
-            ("LEASE_MS", lease.as_millis().to_string()),
-            ("GO", tmp.path().join("never").display().to_string()),
-        ]
-    };
+    let never = tmp.path().join("never");
+    let envs = |value: &str| key_env("k", value, &counter, lease, &never);
     let mut holder = spawn_role("hold", &tmp.path().join("m0"), &server, &envs("dead"));
     wait_for_line(&mut holder, "LOADING");
     let mut waiter = spawn_role("load", &tmp.path().join("m1"), &server, &envs("alive"));
@@ -296,15 +303,7 @@ fn a_holder_paused_past_its_lease_cannot_overwrite_the_newer_value() {
     let tmp = tempfile::tempdir().unwrap();
     let counter = tmp.path().join("loads");
     let go = tmp.path().join("go");
-    let envs = |value: &str| {
-        [
-            ("KEY", "k".to_string()),
-            ("VALUE", value.to_string()),
-            ("COUNTER", counter.display().to_string()),
-            ("LEASE_MS", lease.as_millis().to_string()),
-            ("GO", go.display().to_string()),
-        ]
-    };
+    let envs = |value: &str| key_env("k", value, &counter, lease, &go);
     let mut late = spawn_role("hold", &tmp.path().join("m0"), &server, &envs("late"));
     wait_for_line(&mut late, "LOADING");
     // SAFETY: kill(2) on a child we spawned and have not reaped.
@@ -550,4 +549,48 @@ fn passwords_never_appear_in_debug_output_stats_or_errors() {
     assert!(!shown.contains("s3cret"), "{shown}");
     let stats = cache.stats().unwrap().shared.unwrap();
     assert!(!stats.endpoint.contains("s3cret"));
+}
+
+#[test]
+fn invalidate_reloads_everywhere_and_fences_out_a_loader_already_running() {
+    let Some(server) = RedisServer::start_or_skip(
+        "invalidate_reloads_everywhere_and_fences_out_a_loader_already_running",
+    ) else {
+        return;
+    };
+    let lease = Duration::from_secs(5);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = machine(&tmp.path().join("a"), &server.url(), lease);
+    let b = machine(&tmp.path().join("b"), &server.url(), lease);
+    a.get_or_load("k", || Ok::<_, std::io::Error>("v1".to_string()), None)
+        .unwrap();
+    assert_eq!(b.get_or_load("k", no_load, None).unwrap().value, "v1");
+    assert!(b.invalidate("k").unwrap());
+    let v2 = b.get_or_load("k", || Ok::<_, std::io::Error>("v2".to_string()), None);
+    assert_eq!(
+        v2.unwrap().value,
+        "v2",
+        "loaded again, not served from the shared tier"
+    );
+
+    let go = tmp.path().join("go");
+    let envs = key_env("j", "stale", &tmp.path().join("loads"), lease, &go);
+    let mut holder = spawn_role("hold", &tmp.path().join("h"), &server, &envs);
+    wait_for_line(&mut holder, "LOADING");
+    assert!(!b.invalidate("j").unwrap(), "nothing stored yet");
+    std::fs::write(&go, "").unwrap();
+    let out = finish(holder, Duration::from_secs(30), "holder");
+    assert_eq!(
+        said(&out, "VALUE"),
+        "stale",
+        "its caller still gets its value"
+    );
+    assert_eq!(
+        said(&out, "FENCED"),
+        "1",
+        "but it is not stored after the invalidation"
+    );
+    let c = machine(&tmp.path().join("c"), &server.url(), lease);
+    let v = c.get_or_load("j", || Ok::<_, std::io::Error>("fresh".to_string()), None);
+    assert_eq!(v.unwrap().value, "fresh");
 }

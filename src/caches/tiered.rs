@@ -66,6 +66,19 @@ impl Tier for SharedTier {
 }
 
 impl DiskCache {
+    /// Removes `key` from this machine's tier and from the shared tier, so the next
+    /// `get_or_load` anywhere loads it again; true if either had it. A loader already
+    /// running for the key when this returns cannot store its value in the shared tier
+    /// (it is fenced out). Other machines' local tiers keep their copies until they expire.
+    /// Without a shared tier, the same as [`delete`](Self::delete).
+    pub fn invalidate(&self, key: &str) -> Result<bool> {
+        let shared = match &self.shared {
+            Some(side) => side.tier.invalidate(key)?,
+            None => false,
+        };
+        Ok(self.delete(key)? | shared)
+    }
+
     /// `get_or_load` after a local miss, with a shared tier (see the module doc).
     pub(super) fn get_or_load_tiered<T, E, F>(
         &self,

@@ -140,6 +140,8 @@ pub(crate) trait Remote: Send + Sync + std::panic::RefUnwindSafe {
         bytes: &[u8],
         ttl: Option<Duration>,
     ) -> RemoteResult<bool>;
+    /// Deletes the value and fences out the loaders that started before; true if it was there.
+    fn invalidate(&self, keys: &Keys) -> RemoteResult<bool>;
     /// Subscribes to the key's channel: every store or release after this wakes the waiter.
     fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>>;
 }
@@ -290,6 +292,12 @@ impl SharedTier {
             }
             None => Written::Skipped,
         })
+    }
+
+    /// Deletes `key`'s shared entry (see [`Remote::invalidate`]); whether it was there.
+    pub(crate) fn invalidate(&self, key: &str) -> Result<bool> {
+        let keys = self.keys(key);
+        Ok(self.call(|r| r.invalidate(&keys))?.unwrap_or(false))
     }
 
     pub(crate) fn count_hit(&self, hit: bool) {

@@ -11,22 +11,35 @@ use super::{Acquired, Keys, Remote, RemoteResult, Waiter};
 use crate::error::{Error, Result};
 use crate::sys;
 
-/// Takes the lease if free: `SET NX PX` with our random token, then the next fence token
-/// (`INCR`, floored at the server's time in µs, so tokens keep growing even if the counter
-/// key is evicted or expires). If held, says for how much longer.
+/// Hands out the key's next fence token into `fence`: `INCR`, floored at the server's time
+/// in µs, so tokens keep growing even if the counter key is evicted or expires.
+/// KEYS[3] is the counter, ARGV[3] its TTL (ms).
+const NEXT_FENCE: &str = r"
+local fence = redis.call('INCR', KEYS[3])
+local t = redis.call('TIME')
+local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if fence < floor then
+  fence = floor
+  redis.call('SET', KEYS[3], string.format('%.0f', fence))
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+";
+
+/// Takes the lease if free: `SET NX PX` with our random token, then the next fence token.
+/// If held, says for how much longer.
 const ACQUIRE: &str = r"
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local fence = redis.call('INCR', KEYS[3])
-  local t = redis.call('TIME')
-  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if fence < floor then
-    fence = floor
-    redis.call('SET', KEYS[3], string.format('%.0f', fence))
-  end
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  next_fence()
   return {1, fence}
 end
 return {0, redis.call('PTTL', KEYS[2])}
+";
+
+/// Deletes the value and hands out a fence token no lease holds: a loader that started
+/// before the delete can no longer store its (possibly stale) value.
+const INVALIDATE: &str = r"
+next_fence()
+return redis.call('DEL', KEYS[1])
 ";
 
 /// Extends the lease if it is still ours.
@@ -81,6 +94,7 @@ pub(crate) struct Redis {
     renew: Script,
     release: Script,
     store: Script,
+    invalidate: Script,
 }
 
 impl Redis {
@@ -99,7 +113,8 @@ impl Redis {
             connect_timeout,
             command_timeout,
             pool: Mutex::new((sys::fork_generation(), Vec::new())),
-            acquire: Script::new(ACQUIRE),
+            acquire: Script::new(&with_fence(ACQUIRE)),
+            invalidate: Script::new(&with_fence(INVALIDATE)),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
             store: Script::new(STORE),
@@ -213,6 +228,20 @@ impl Remote for Redis {
         Ok(stored == 1)
     }
 
+    fn invalidate(&self, keys: &Keys) -> RemoteResult<bool> {
+        let deleted: i64 = self.with(|con| {
+            self.invalidate
+                .key(&keys.value)
+                .key(&keys.lease)
+                .key(&keys.fence)
+                .arg("")
+                .arg("")
+                .arg(FENCE_TTL_MS)
+                .invoke(con)
+        })?;
+        Ok(deleted == 1)
+    }
+
     fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>> {
         // A connection of its own: a subscribed connection can do nothing else.
         let mut con = self.connect()?;
@@ -238,6 +267,12 @@ impl Waiter for Subscription {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The script with its `next_fence()` call replaced by the fence code (Redis scripts cannot
+/// share functions, short of Redis 7 FUNCTIONs, which managed services may not allow).
+fn with_fence(script: &str) -> String {
+    script.replace("next_fence()\n", NEXT_FENCE.trim_start())
 }
 
 /// Milliseconds for PX/PEXPIRE, at least 1 (0 is an error there).
