@@ -6,9 +6,13 @@
 //! hit close to a raw `GET`. The fill uses [`PutMode::IfNewer`]: it never replaces a local
 //! value loaded (or set) at or after the entry's own load time. If the queue is full, the
 //! thread cannot start, or this is a forked child, the caller writes the entry itself.
+//! Dropping the last handle waits for the queued fills (a short-lived program such as
+//! `concurio run` keeps what it read); a process that exits without dropping its handles
+//! loses only the fills still queued, which the next local miss repeats.
 
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use super::open::Store;
 use super::record::Meta;
@@ -19,6 +23,9 @@ use crate::sys;
 
 /// One queued fill: key and entry.
 type Fill = (String, Entry);
+
+/// A running writer: its fork generation, its queue, and its thread.
+type Writer = (u64, SyncSender<Fill>, JoinHandle<()>);
 
 /// Fills waiting for the background writer before callers write their own.
 const QUEUE: usize = 4096;
@@ -34,7 +41,7 @@ impl SharedSide {
         Ok(SharedSide {
             tier: SharedTier::new(options, name)?,
             filler: Filler {
-                store: Arc::downgrade(store),
+                store: Arc::clone(store),
                 queue: Mutex::new(None),
             },
         })
@@ -47,9 +54,29 @@ impl SharedSide {
 
 /// The background writer of shared hits into the local store.
 pub(crate) struct Filler {
-    store: Weak<Store>,
+    /// Strong: the store must outlive the writer's last fill (the handle's own `Arc` may be
+    /// dropped first). No cycle: the store does not own the filler.
+    store: Arc<Store>,
     /// The queue of this process (fork generation); `None` until first used.
-    queue: Mutex<Option<(u64, SyncSender<Fill>)>>,
+    queue: Mutex<Option<Writer>>,
+}
+
+impl Drop for Filler {
+    /// Closes the queue and waits for the writer to finish it (not in a forked child:
+    /// the thread stayed in the parent).
+    fn drop(&mut self) {
+        let writer = self
+            .queue
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((generation, tx, thread)) = writer
+            && generation == sys::fork_generation()
+        {
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Filler {
@@ -65,11 +92,17 @@ impl Filler {
     fn enqueue(&self, key: String, entry: Entry) -> Option<Fill> {
         let generation = sys::fork_generation();
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if queue.as_ref().is_none_or(|(g, _)| *g != generation) {
-            // A forked child has no writer thread (threads do not survive fork).
-            *queue = self.start().map(|tx| (generation, tx));
+        if queue.as_ref().is_none_or(|(g, ..)| *g != generation) {
+            // A forked child has no writer thread (threads do not survive fork): leave the
+            // parent's alone (joining or detaching it here would act on a thread that is
+            // not ours) and start one of its own.
+            let inherited = std::mem::replace(
+                &mut *queue,
+                self.start().map(|(tx, thread)| (generation, tx, thread)),
+            );
+            std::mem::forget(inherited);
         }
-        let Some((_, tx)) = queue.as_ref() else {
+        let Some((_, tx, _)) = queue.as_ref() else {
             return Some((key, entry));
         };
         match tx.try_send((key, entry)) {
@@ -78,22 +111,21 @@ impl Filler {
         }
     }
 
-    fn start(&self) -> Option<SyncSender<Fill>> {
+    fn start(&self) -> Option<(SyncSender<Fill>, JoinHandle<()>)> {
         let (tx, rx) = mpsc::sync_channel::<Fill>(QUEUE);
-        let store = self.store.clone();
+        let store = Arc::clone(&self.store);
         let started = std::thread::Builder::new()
             .name("concurio-fill".into())
             .spawn(move || {
-                // Ends when the last handle drops the sender, or the store is gone.
+                // Ends when the last handle drops the sender.
                 while let Ok((key, entry)) = rx.recv() {
-                    let Some(store) = store.upgrade() else { return };
                     if let Err(err) = write(&store, &key, &entry) {
                         tracing::debug!("cannot fill the local tier with {key:?}: {err}");
                     }
                 }
             });
         match started {
-            Ok(_) => Some(tx),
+            Ok(thread) => Some((tx, thread)),
             Err(err) => {
                 tracing::debug!("cannot start the local-tier filler: {err}");
                 None

@@ -43,7 +43,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use open::Durability;
-pub use shared::SharedStats;
+pub use shared::{SharedInfo, SharedStats};
 pub use store::CheckReport;
 
 use crate::dirs::{self, Location};

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::fill::SharedSide;
 use super::open::Store;
 use super::record::Meta;
-use super::shared::{Claim, Entry, Lease, SharedTier, Written};
+use super::shared::{Claim, Entry, Lease, SharedInfo, SharedTier, Written};
 use super::store::{Lookup, PutMode};
 use super::{CLOCK_SKEW_NS, DiskCache, DiskCacheValue, encode, now_ns, to_value};
 use crate::error::{BoxError, Error, Result};
@@ -77,6 +77,15 @@ impl DiskCache {
             None => false,
         };
         Ok(self.delete(key)? | shared)
+    }
+
+    /// The shared tier's server as it is now: this cache's entries there, memory use and
+    /// limit. `None` without a shared tier; [`Error::Shared`] if the server does not answer.
+    pub fn shared_info(&self) -> Result<Option<SharedInfo>> {
+        self.shared
+            .as_ref()
+            .map(|side| side.tier.info())
+            .transpose()
     }
 
     /// `get_or_load` after a local miss, with a shared tier (see the module doc).

@@ -59,6 +59,24 @@ pub struct SharedStats {
     pub outages: u64,
 }
 
+/// The shared tier's server as seen now (see [`DiskCache::shared_info`]).
+///
+/// [`DiskCache::shared_info`]: super::DiskCache::shared_info
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedInfo {
+    /// The server, without its password.
+    pub endpoint: String,
+    /// Entries of this cache on the server (a `SCAN` of its namespace).
+    pub entries: u64,
+    /// The server's memory use in bytes (`INFO memory`), for all its data.
+    pub used_memory: u64,
+    /// The server's `maxmemory` (0 = none): the fleet's size bound.
+    pub maxmemory: u64,
+    /// What the server evicts when full (`maxmemory-policy`).
+    pub maxmemory_policy: String,
+}
+
 /// What the builder collected for the shared tier.
 #[derive(Clone)]
 pub(crate) struct SharedOptions {
@@ -140,6 +158,8 @@ pub(crate) trait Remote: Send + Sync + std::panic::RefUnwindSafe {
         bytes: &[u8],
         ttl: Option<Duration>,
     ) -> RemoteResult<bool>;
+    /// Counts the values whose names match `pattern` and reads the memory figures.
+    fn info(&self, pattern: &str) -> RemoteResult<SharedInfo>;
     /// Deletes the value and fences out the loaders that started before; true if it was there.
     fn invalidate(&self, keys: &Keys) -> RemoteResult<bool>;
     /// Subscribes to the key's channel: every store or release after this wakes the waiter.
@@ -300,6 +320,18 @@ impl SharedTier {
         Ok(self.call(|r| r.invalidate(&keys))?.unwrap_or(false))
     }
 
+    /// Asks the server now (errors are not an outage here: the caller asked).
+    pub(crate) fn info(&self) -> Result<SharedInfo> {
+        // Hash tags start after the namespace; every value name ends in `}:v`.
+        let pattern = format!("{}{{*}}:v", glob_escape(&self.namespace));
+        let mut info = self.remote.info(&pattern).map_err(|e| Error::Shared {
+            endpoint: self.endpoint.clone(),
+            detail: e.to_string(),
+        })?;
+        info.endpoint = self.endpoint.clone();
+        Ok(info)
+    }
+
     pub(crate) fn count_hit(&self, hit: bool) {
         let counter = if hit {
             &self.counters.hits
@@ -381,6 +413,18 @@ impl SharedTier {
             Ok(None)
         }
     }
+}
+
+/// `text` with the glob characters of Redis patterns escaped.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The server behind the tier.

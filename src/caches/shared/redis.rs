@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::{Client, Connection, Script, Value};
 
-use super::{Acquired, Keys, Remote, RemoteResult, Waiter};
+use super::{Acquired, Keys, Remote, RemoteResult, SharedInfo, Waiter};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -226,6 +226,37 @@ impl Remote for Redis {
                 .invoke(con)
         })?;
         Ok(stored == 1)
+    }
+
+    fn info(&self, pattern: &str) -> RemoteResult<SharedInfo> {
+        self.with(|con| {
+            let mut info = SharedInfo::default();
+            let mut cursor = 0u64;
+            loop {
+                let (next, names): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(con)?;
+                info.entries += names.len() as u64;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            let text: String = redis::cmd("INFO").arg("memory").query(con)?;
+            for line in text.lines() {
+                match line.trim().split_once(':') {
+                    Some(("used_memory", v)) => info.used_memory = v.parse().unwrap_or(0),
+                    Some(("maxmemory", v)) => info.maxmemory = v.parse().unwrap_or(0),
+                    Some(("maxmemory_policy", v)) => info.maxmemory_policy = v.to_owned(),
+                    _ => {}
+                }
+            }
+            Ok(info)
+        })
     }
 
     fn invalidate(&self, keys: &Keys) -> RemoteResult<bool> {
