@@ -21,11 +21,14 @@ use super::store::PutMode;
 use crate::error::Result;
 use crate::sys;
 
-/// One queued fill: key and entry.
-type Fill = (String, Entry);
+/// What the writer does: a fill (key and entry), or say when all before it are done.
+enum Job {
+    Fill(String, Entry),
+    Flush(mpsc::Sender<()>),
+}
 
 /// A running writer: its fork generation, its queue, and its thread.
-type Writer = (u64, SyncSender<Fill>, JoinHandle<()>);
+type Writer = (u64, SyncSender<Job>, JoinHandle<()>);
 
 /// Fills waiting for the background writer before callers write their own.
 const QUEUE: usize = 4096;
@@ -88,8 +91,24 @@ impl Filler {
         }
     }
 
+    /// Waits until every fill queued so far is written, so that a delete after this is not
+    /// undone by a fill queued before it.
+    pub(crate) fn flush(&self) {
+        let tx = {
+            let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            match queue.as_ref() {
+                Some((generation, tx, _)) if *generation == sys::fork_generation() => tx.clone(),
+                _ => return, // no writer: every fill was written by its caller
+            }
+        };
+        let (done, finished) = mpsc::channel();
+        if tx.send(Job::Flush(done)).is_ok() {
+            let _ = finished.recv();
+        }
+    }
+
     /// Queues the fill; gives it back if the writer cannot take it.
-    fn enqueue(&self, key: String, entry: Entry) -> Option<Fill> {
+    fn enqueue(&self, key: String, entry: Entry) -> Option<(String, Entry)> {
         let generation = sys::fork_generation();
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if queue.as_ref().is_none_or(|(g, ..)| *g != generation) {
@@ -105,22 +124,30 @@ impl Filler {
         let Some((_, tx, _)) = queue.as_ref() else {
             return Some((key, entry));
         };
-        match tx.try_send((key, entry)) {
+        match tx.try_send(Job::Fill(key, entry)) {
             Ok(()) => None,
-            Err(TrySendError::Full(item) | TrySendError::Disconnected(item)) => Some(item),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => match job {
+                Job::Fill(key, entry) => Some((key, entry)),
+                Job::Flush(_) => None,
+            },
         }
     }
 
-    fn start(&self) -> Option<(SyncSender<Fill>, JoinHandle<()>)> {
-        let (tx, rx) = mpsc::sync_channel::<Fill>(QUEUE);
+    fn start(&self) -> Option<(SyncSender<Job>, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let store = Arc::clone(&self.store);
         let started = std::thread::Builder::new()
             .name("concurio-fill".into())
             .spawn(move || {
                 // Ends when the last handle drops the sender.
-                while let Ok((key, entry)) = rx.recv() {
-                    if let Err(err) = write(&store, &key, &entry) {
-                        tracing::debug!("cannot fill the local tier with {key:?}: {err}");
+                while let Ok(job) = rx.recv() {
+                    match job {
+                        Job::Fill(key, entry) => {
+                            if let Err(err) = write(&store, &key, &entry) {
+                                tracing::debug!("cannot fill the local tier with {key:?}: {err}");
+                            }
+                        }
+                        Job::Flush(done) => drop(done.send(())),
                     }
                 }
             });

@@ -73,7 +73,11 @@ impl DiskCache {
     /// Without a shared tier, the same as [`delete`](Self::delete).
     pub fn invalidate(&self, key: &str) -> Result<bool> {
         let shared = match &self.shared {
-            Some(side) => side.tier.invalidate(key)?,
+            Some(side) => {
+                // A shared hit's fill still queued would bring the value back locally.
+                side.filler.flush();
+                side.tier.invalidate(key)?
+            }
             None => false,
         };
         Ok(self.delete(key)? | shared)

@@ -130,7 +130,7 @@ impl Redis {
         Ok(con)
     }
 
-    /// Runs `f` on a pooled connection; a connection that failed is dropped, not pooled.
+    /// Runs `f` on a pooled connection; a failure drops it and every idle one.
     fn with<R>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<R>) -> RemoteResult<R> {
         let generation = sys::fork_generation();
         let pooled = {
@@ -148,7 +148,18 @@ impl Redis {
             Some(con) => con,
             None => self.connect()?,
         };
-        let out = f(&mut con)?;
+        let out = match f(&mut con) {
+            Ok(out) => out,
+            Err(err) => {
+                // The others are most likely dead too (server restarted, network lost): a
+                // stale pool would turn one outage into one per pooled connection.
+                let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                if pool.0 == generation {
+                    pool.1.clear();
+                }
+                return Err(err.into());
+            }
+        };
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
         if pool.0 == generation && pool.1.len() < POOL_MAX {
             pool.1.push(con);
