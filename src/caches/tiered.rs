@@ -14,7 +14,7 @@ use super::record::Meta;
 use super::shared::{Claim, Entry, Lease, SharedInfo, SharedTier, Written};
 use super::store::{Lookup, PutMode};
 use super::{CLOCK_SKEW_NS, DiskCache, DiskCacheValue, encode, now_ns, to_value};
-use crate::error::{BoxError, Error, Result};
+use crate::error::{BoxError, Result};
 
 /// What the once-logic needs of a tier: read an entry, write one (under the key's shared
 /// lease, when there is one).
@@ -84,7 +84,8 @@ impl DiskCache {
     }
 
     /// The shared tier's server as it is now: this cache's entries there, memory use and
-    /// limit. `None` without a shared tier; [`Error::Shared`] if the server does not answer.
+    /// limit. `None` without a shared tier; [`Error::Shared`](crate::Error::Shared) if the
+    /// server does not answer.
     pub fn shared_info(&self) -> Result<Option<SharedInfo>> {
         self.shared
             .as_ref()
@@ -129,10 +130,8 @@ impl DiskCache {
             Claim::Unavailable => None,
         };
         self.store.count(false);
-        let value = loader().map_err(|e| Error::Loader {
-            key: key.to_owned(),
-            source: e.into(),
-        })?; // an error drops the lease: released at once
+        // An error drops the lease: released at once.
+        let value = loader().map_err(|e| super::loader_error(key, e))?;
         let payload = encode(key, &value)?;
         let meta = super::new_meta(now_ns(), expire, &payload);
         let entry = Entry {
