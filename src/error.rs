@@ -184,6 +184,16 @@ pub enum Error {
         source_name: String,
     },
 
+    /// The shared tier (Redis) is unavailable or refused a call, and the cache was built
+    /// with `shared_required(true)` (otherwise it falls back to the local tier).
+    #[error("shared tier {endpoint}: {detail}")]
+    Shared {
+        /// The server, without its password.
+        endpoint: String,
+        /// What went wrong.
+        detail: String,
+    },
+
     /// This build lacks a feature needed for the request (e.g. `download` for URLs).
     #[error("{0}")]
     Unsupported(String),

@@ -8,44 +8,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Barrier, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use common::{child, child_role, sigkill};
+use common::{assert_success, child, child_role, sigkill, wait_for_line, wait_or_kill};
 use dbx_concurio::Error;
 use dbx_concurio::caches::{DiskCache, DiskCacheValue};
 
 use common::{env_path, open_dir as open};
-
-/// Waits for `child`; SIGKILLs it and fails after `limit` (a hang is a deadlock here).
-fn wait_or_kill(mut child: Child, limit: Duration, what: &str) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > limit {
-            sigkill(&child);
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "{what}: still running after {limit:?} (deadlocked); stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn assert_success(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Runs this binary as a child playing `role` with `CACHE=dir` and `envs`; waits for it
 /// (failing after `limit`), checks it succeeded and returns its stdout.
@@ -73,23 +44,6 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
         .expect("spawn");
     rx.recv_timeout(limit)
         .unwrap_or_else(|_| panic!("still running after {limit:?}: deadlocked"))
-}
-
-/// Reads the child's stdout until a line equal to `marker` (libtest prints its own lines
-/// first); fails if the child ends before saying it.
-fn wait_for_line(child: &mut Child, marker: &str) {
-    use std::io::BufRead;
-    let stdout = child.stdout.as_mut().expect("piped stdout");
-    let mut reader = std::io::BufReader::new(stdout);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).expect("read child stdout");
-        assert!(n > 0, "child ended before printing {marker}");
-        if line.trim() == marker {
-            return;
-        }
-    }
 }
 
 /// What `.state` says of the boot id is replaced by another boot's, as after a restart.

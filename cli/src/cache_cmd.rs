@@ -223,6 +223,7 @@ fn stats(opts: &CacheOpts) -> Outcome {
         "hits": counters.hits,
         "misses": counters.misses,
         "evictions": counters.evictions,
+        "shared": shared_report(&cache),
     });
     emit(opts, &report, || {
         let fields = [
@@ -235,16 +236,61 @@ fn stats(opts: &CacheOpts) -> Outcome {
             "hits",
             "misses",
             "evictions",
+            "shared",
         ];
         let lines = fields.map(|f| {
             let value = match (f, report[f].as_u64()) {
                 ("bytes" | "size_limit", Some(bytes)) => size::human(bytes),
+                ("shared", _) => shared_line(&report[f]),
                 _ => plain(&report[f]),
             };
             format!("{f:<11} {value}")
         });
         lines.join("\n")
     })
+}
+
+/// The shared tier as its server sees it now (null without one).
+fn shared_report(cache: &DiskCache) -> Value {
+    let endpoint = cache
+        .stats()
+        .ok()
+        .and_then(|s| s.shared)
+        .map(|s| s.endpoint);
+    match cache.shared_info() {
+        Ok(None) => Value::Null,
+        Ok(Some(info)) => json!({
+            "endpoint": info.endpoint,
+            "available": true,
+            "entries": info.entries,
+            "used_memory": info.used_memory,
+            "maxmemory": info.maxmemory,
+            "maxmemory_policy": info.maxmemory_policy,
+        }),
+        Err(e) => json!({ "endpoint": endpoint, "available": false, "error": e.to_string() }),
+    }
+}
+
+/// One line for the shared tier in the text form of `cache stats`.
+fn shared_line(shared: &Value) -> String {
+    if shared.is_null() {
+        return "none".into();
+    }
+    let endpoint = plain(&shared["endpoint"]);
+    if shared["available"] != true {
+        return format!("{endpoint} unavailable: {}", plain(&shared["error"]));
+    }
+    let bytes = |f: &str| size::human(shared[f].as_u64().unwrap_or(0));
+    let limit = match shared["maxmemory"].as_u64() {
+        Some(0) | None => "no maxmemory".into(),
+        Some(_) => format!("maxmemory {}", bytes("maxmemory")),
+    };
+    format!(
+        "{endpoint}: {} entries; server uses {}, {limit}, policy {}",
+        plain(&shared["entries"]),
+        bytes("used_memory"),
+        plain(&shared["maxmemory_policy"]),
+    )
 }
 
 /// Prints `report` as JSON with `--json`, else the text `human` makes.

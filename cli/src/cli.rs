@@ -86,6 +86,16 @@ pub struct CacheLocation {
     /// every process that uses it. Least recently stored entries are evicted first.
     #[arg(long, value_name = "SIZE", value_parser = crate::size::parse)]
     pub size_limit: Option<u64>,
+    /// Share the cache with other machines through Redis: redis://host:6379/0, or
+    /// rediss://user:password@host for TLS. `concurio run` then runs a command once across
+    /// the fleet; Redis being down only costs the sharing. Default: $CONCURIO_SHARED.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CONCURIO_SHARED",
+        hide_env_values = true
+    )]
+    pub shared: Option<String>,
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -117,8 +127,11 @@ command says so after a second on a terminal, and with -v anywhere.
 Environment: CONCURIO_TTL, CONCURIO_STALE, CONCURIO_SCOPE, CONCURIO_UNCACHED_FALLBACK set the
 defaults of the options of the same name (CONCURIO_STALE only where it is shorter than the TTL);
 CONCURIO_CACHE_DIR (or DBX_CONCURIO_CACHE_DIR) replaces the temp dir as the base of the default
-cache (a relative path is taken from the current directory); CONCURIO_LOG is a log filter (e.g.
-debug).";
+cache (a relative path is taken from the current directory); CONCURIO_SHARED is the default of
+--shared; CONCURIO_LOG is a log filter (e.g. debug).
+
+With --shared, a command runs once across every machine that uses the same Redis and cache
+name (`run` unless --name says otherwise): the others wait and replay its result.";
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -384,6 +397,10 @@ impl CacheLocation {
         let builder = match self.size_limit {
             Some(limit) => builder.size_limit(limit),
             None => builder,
+        };
+        let builder = match &self.shared {
+            Some(url) if !url.is_empty() => builder.shared(url.as_str()),
+            _ => builder,
         };
         match &self.name {
             Some(name) => builder.name(name.as_str()).build(),

@@ -23,6 +23,7 @@ mod blobs;
 mod codec;
 mod counters;
 mod durability;
+mod fill;
 pub(crate) mod index;
 mod iter;
 mod key_locks;
@@ -31,7 +32,9 @@ mod lmdb;
 mod open;
 pub(crate) mod record;
 mod recovery;
+mod shared;
 mod store;
+mod tiered;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -43,13 +46,16 @@ use serde::de::DeserializeOwned;
 
 pub use iter::Iter;
 pub use open::Durability;
+pub use shared::{SharedInfo, SharedStats};
 pub use store::CheckReport;
 
 use crate::dirs::{self, Location};
 use crate::error::{BoxError, Error, Result};
 use codec::encode;
+use fill::SharedSide;
 use open::Store;
 use record::{Format, Meta};
+use shared::SharedOptions;
 use store::{Lookup, PutMode, Restamp};
 
 /// Which entries go first when a size-limited cache is full.
@@ -66,7 +72,7 @@ pub enum EvictionPolicy {
 }
 
 /// Counters of a cache, shared by all processes (see [`DiskCache::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheStats {
     /// Entries stored, expired ones not yet purged included.
@@ -81,6 +87,8 @@ pub struct CacheStats {
     pub misses: u64,
     /// Entries evicted to respect the size limit.
     pub evictions: u64,
+    /// The shared tier's counters (this process's), if the cache has one.
+    pub shared: Option<SharedStats>,
 }
 
 /// A value read from the cache, with the time it was loaded (or set).
@@ -154,6 +162,7 @@ pub struct DiskCache {
     lock_timeout: Option<Duration>,
     policy: EvictionPolicy,
     time_to_live: Option<Duration>,
+    shared: Option<Arc<SharedSide>>,
 }
 
 /// Configures and opens a [`DiskCache`]; see [`DiskCache::builder`].
@@ -168,6 +177,7 @@ pub struct DiskCacheBuilder {
     size_limit: Option<u64>,
     policy: EvictionPolicy,
     time_to_live: Option<Duration>,
+    shared: Option<SharedOptions>,
 }
 
 impl Default for DiskCacheBuilder {
@@ -181,6 +191,7 @@ impl Default for DiskCacheBuilder {
             size_limit: None,
             policy: EvictionPolicy::default(),
             time_to_live: None,
+            shared: None,
         }
     }
 }
@@ -258,6 +269,60 @@ impl DiskCacheBuilder {
         self
     }
 
+    /// Shares the cache with a fleet through a Redis server (7.x, Valkey, managed Redis):
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS. The local tier
+    /// stays in front: a local hit makes no network call; a local miss reads the shared
+    /// tier, and `get_or_load` runs its loader once across all machines (a lease per key).
+    /// If the server is down or slow, calls fall back to the local tier within the
+    /// timeouts (see [`shared_required`](Self::shared_required)). Keys live under
+    /// `concurio:<name>:` (the cache's name, or its directory's). See docs/design.md.
+    pub fn shared(mut self, url: impl Into<String>) -> Self {
+        self.shared_options().url = url.into();
+        self
+    }
+
+    /// How long a loader that died (SIGKILL, lost machine) can keep other machines
+    /// waiting for a key; a live loader renews its lease every third of it. Default 30 s.
+    pub fn shared_lease(mut self, lease: Duration) -> Self {
+        self.shared_options().lease = lease;
+        self
+    }
+
+    /// `true`: an unavailable shared tier is an error ([`Error::Shared`]) instead of a
+    /// warning and a fall-back to the local tier (the default).
+    pub fn shared_required(mut self, required: bool) -> Self {
+        self.shared_options().required = required;
+        self
+    }
+
+    /// Connect and command timeouts of the shared tier (default 1 s and 2 s): the most a
+    /// call waits for an unresponsive server before it falls back (or fails).
+    pub fn shared_timeouts(mut self, connect: Duration, command: Duration) -> Self {
+        let options = self.shared_options();
+        options.connect_timeout = connect.max(Duration::from_millis(1));
+        options.command_timeout = command.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Values whose encoding is larger than this stay local-only, with a warning (default
+    /// 64 MiB).
+    pub fn shared_max_value(mut self, bytes: u64) -> Self {
+        self.shared_options().max_value = bytes;
+        self
+    }
+
+    /// The first part of the shared tier's key names (default `concurio`).
+    pub fn shared_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.shared_options().prefix = prefix.into();
+        self
+    }
+
+    /// The shared options, so `shared_*` may come before or after `shared(url)`.
+    fn shared_options(&mut self) -> &mut SharedOptions {
+        self.shared
+            .get_or_insert_with(|| SharedOptions::new(String::new()))
+    }
+
     /// Resolves the directory, creates it, and opens the cache.
     pub fn build(self) -> Result<DiskCache> {
         let dir = dirs::resolve_and_prepare(&self.location, self.name.as_deref(), self.fallback)?;
@@ -268,14 +333,36 @@ impl DiskCacheBuilder {
         {
             store.set_size_limit(limit)?;
         }
+        let shared = self
+            .shared
+            .filter(|options| !options.url.is_empty())
+            .map(|options| {
+                let name = self
+                    .name
+                    .as_deref()
+                    .map_or_else(|| shared_name(&self.location), str::to_owned);
+                SharedSide::new(options, &name, &store).map(Arc::new)
+            })
+            .transpose()?;
         Ok(DiskCache {
             store,
             dir,
             lock_timeout: self.lock_timeout,
             policy: self.policy,
             time_to_live: self.time_to_live,
+            shared,
         })
     }
+}
+
+/// The shared tier's name of an unnamed cache: its directory's last component.
+fn shared_name(location: &Location) -> String {
+    let path = match location {
+        Location::Directory(p) | Location::File(p) | Location::Auto(p) => Some(p.as_path()),
+        Location::Default => None,
+    };
+    path.and_then(Path::file_name)
+        .map_or_else(|| "default".into(), |n| n.to_string_lossy().into_owned())
 }
 
 impl DiskCache {
@@ -439,6 +526,9 @@ impl DiskCache {
         if let Some(hit) = self.fresh(key, expire)? {
             return Ok(hit);
         }
+        if let Some(shared) = &self.shared {
+            return self.get_or_load_tiered(shared, key, loader, expire);
+        }
         // Miss: one thread of this process, then one process, per key. Guards drop in reverse
         // order, also when the loader panics.
         let _lock = self.store.lock_key(key, self.lock_timeout)?;
@@ -528,6 +618,7 @@ impl DiskCache {
             hits: t.hits,
             misses: t.misses,
             evictions: t.evictions,
+            shared: self.shared.as_ref().map(|s| s.stats()),
         })
     }
 

@@ -35,6 +35,9 @@ pub(crate) enum PutMode {
     Replace,
     /// Store only if there is no entry, or it has expired at this time (ns).
     IfAbsentOrExpired(u64),
+    /// Store unless a live entry (at this time, ns) was loaded at or after this one: a
+    /// background fill from the shared tier never replaces a newer local value.
+    IfNewer(u64),
 }
 
 /// A change of an entry's stamps that keeps its value (see [`Store::restamp`]).
@@ -180,11 +183,15 @@ impl Store {
         .encode(ikey.as_bytes());
         let ikey = ikey.as_bytes();
         let result = self.write(|index, txn, totals, garbage| {
-            if let PutMode::IfAbsentOrExpired(now) = mode {
+            if let PutMode::IfAbsentOrExpired(now) | PutMode::IfNewer(now) = mode {
                 let current = index
                     .get(txn, ikey)?
                     .and_then(|v| Record::decode(ikey, v).ok());
-                if current.is_some_and(|r| !r.meta.expired(now)) {
+                if current.is_some_and(|r| {
+                    !r.meta.expired(now)
+                        && (mode == PutMode::IfAbsentOrExpired(now)
+                            || r.meta.load_ns >= meta.load_ns)
+                }) {
                     return Ok(false);
                 }
             }

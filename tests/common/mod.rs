@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use dbx_concurio::caches::DiskCache;
 
@@ -89,4 +90,51 @@ pub fn sigkill(child: &std::process::Child) {
     // SAFETY: kill(2) on a pid we spawned and have not reaped.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     assert_eq!(rc, 0, "kill failed");
+}
+
+/// Waits for `child`; SIGKILLs it and fails after `limit` (a hang is a deadlock here).
+pub fn wait_or_kill(mut child: Child, limit: Duration, what: &str) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            sigkill(&child);
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{what}: still running after {limit:?} (deadlocked); stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fails with the child's output unless it exited successfully.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Reads the child's stdout until a line equal to `marker` (libtest prints its own lines
+/// first); fails if the child ends before saying it.
+pub fn wait_for_line(child: &mut Child, marker: &str) {
+    use std::io::BufRead;
+    let stdout = child.stdout.as_mut().expect("piped stdout");
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("read child stdout");
+        assert!(n > 0, "child ended before printing {marker}");
+        if line.trim() == marker {
+            return;
+        }
+    }
 }

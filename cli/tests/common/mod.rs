@@ -69,6 +69,7 @@ pub fn clean_env(cmd: &mut Command) {
         "CONCURIO_SCOPE",
         "CONCURIO_CACHE_DIR",
         "CONCURIO_UNCACHED_FALLBACK",
+        "CONCURIO_SHARED",
         "CONCURIO_OFFLINE",
         "DBX_CONCURIO_OFFLINE",
     ] {

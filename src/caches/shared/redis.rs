@@ -1,0 +1,323 @@
+//! The shared tier on Redis (7.x, Valkey, managed Redis): a small pool of synchronous
+//! connections with connect and command timeouts, and the four scripts of the lease
+//! protocol (acquire, renew, release, fenced store). Waiters subscribe to the key's channel.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::{Client, Connection, Script, Value};
+
+use super::{Acquired, Keys, Remote, RemoteResult, SharedInfo, Waiter};
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Hands out the key's next fence token into `fence`: `INCR`, floored at the server's time
+/// in µs, so tokens keep growing even if the counter key is evicted or expires.
+/// KEYS[3] is the counter, ARGV[3] its TTL (ms).
+const NEXT_FENCE: &str = r"
+local fence = redis.call('INCR', KEYS[3])
+local t = redis.call('TIME')
+local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if fence < floor then
+  fence = floor
+  redis.call('SET', KEYS[3], string.format('%.0f', fence))
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+";
+
+/// Takes the lease if free: `SET NX PX` with our random token, then the next fence token.
+/// If held, says for how much longer.
+const ACQUIRE: &str = r"
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  next_fence()
+  return {1, fence}
+end
+return {0, redis.call('PTTL', KEYS[2])}
+";
+
+/// Deletes the value and hands out a fence token no lease holds: a loader that started
+/// before the delete can no longer store its (possibly stale) value.
+const INVALIDATE: &str = r"
+next_fence()
+return redis.call('DEL', KEYS[1])
+";
+
+/// Extends the lease if it is still ours.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Compare-and-delete: drops the lease only if it is still ours, and wakes the waiters.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], 'released')
+end
+return 0
+";
+
+/// The fenced store: refuses a write whose fence token is older than the newest one handed
+/// out for the key, or than the one the current value was stored under. Then drops our
+/// lease (if still ours) and wakes the waiters.
+const STORE: &str = r"
+local mine = tonumber(ARGV[1])
+local issued = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if mine < issued then return 0 end
+local stored = tonumber(redis.call('GETRANGE', KEYS[1], 4, 19))
+if stored and mine < stored then return 0 end
+if ARGV[4] == '0' then
+  redis.call('SET', KEYS[1], ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+redis.call('PUBLISH', ARGV[5], 'stored')
+return 1
+";
+
+/// How long a fence counter outlives its last lease. Its expiry is safe: the floor at the
+/// server's clock keeps new tokens above every old one.
+const FENCE_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// The Redis side of one cache.
+pub(crate) struct Redis {
+    client: Client,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    /// Idle connections, with the fork generation that opened them (a child must not
+    /// talk on its parent's sockets).
+    pool: Mutex<(u64, Vec<Connection>)>,
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    store: Script,
+    invalidate: Script,
+}
+
+impl Redis {
+    /// Checks the URL (redis:// or rediss://, user and password in it); connects lazily.
+    pub(crate) fn new(
+        url: &str,
+        shown: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Self> {
+        let client = Client::open(url).map_err(|e| {
+            Error::InvalidInput(format!("shared tier URL {shown} is not usable: {e}"))
+        })?;
+        Ok(Redis {
+            client,
+            connect_timeout,
+            command_timeout,
+            pool: Mutex::new((sys::fork_generation(), Vec::new())),
+            acquire: Script::new(&with_fence(ACQUIRE)),
+            invalidate: Script::new(&with_fence(INVALIDATE)),
+            renew: Script::new(RENEW),
+            release: Script::new(RELEASE),
+            store: Script::new(STORE),
+        })
+    }
+
+    fn connect(&self) -> RemoteResult<Connection> {
+        let con = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
+        con.set_read_timeout(Some(self.command_timeout))?;
+        con.set_write_timeout(Some(self.command_timeout))?;
+        Ok(con)
+    }
+
+    /// Runs `f` on a pooled connection; a failure drops it and every idle one.
+    fn with<R>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<R>) -> RemoteResult<R> {
+        let generation = sys::fork_generation();
+        let pooled = {
+            let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            if pool.0 != generation {
+                // Inherited from the parent: its sockets are the parent's conversation.
+                std::mem::take(&mut pool.1)
+                    .into_iter()
+                    .for_each(std::mem::forget);
+                pool.0 = generation;
+            }
+            pool.1.pop()
+        };
+        let mut con = match pooled {
+            Some(con) => con,
+            None => self.connect()?,
+        };
+        let out = match f(&mut con) {
+            Ok(out) => out,
+            Err(err) => {
+                // The others are most likely dead too (server restarted, network lost): a
+                // stale pool would turn one outage into one per pooled connection.
+                let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                if pool.0 == generation {
+                    pool.1.clear();
+                }
+                return Err(err.into());
+            }
+        };
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.0 == generation && pool.1.len() < POOL_MAX {
+            pool.1.push(con);
+        }
+        Ok(out)
+    }
+}
+
+/// Idle connections kept per cache and process.
+const POOL_MAX: usize = 16;
+
+impl Remote for Redis {
+    fn get(&self, keys: &Keys) -> RemoteResult<Option<Vec<u8>>> {
+        self.with(|con| redis::cmd("GET").arg(&keys.value).query(con))
+    }
+
+    fn acquire(&self, keys: &Keys, token: &str, lease: Duration) -> RemoteResult<Acquired> {
+        let (got, n): (i64, i64) = self.with(|con| {
+            self.acquire
+                .key(&keys.value)
+                .key(&keys.lease)
+                .key(&keys.fence)
+                .arg(token)
+                .arg(millis(lease))
+                .arg(FENCE_TTL_MS)
+                .invoke(con)
+        })?;
+        Ok(if got == 1 {
+            Acquired::Leased(u64::try_from(n).unwrap_or(0))
+        } else {
+            Acquired::Held(Duration::from_millis(u64::try_from(n).unwrap_or(0)))
+        })
+    }
+
+    fn renew(&self, keys: &Keys, token: &str, lease: Duration) -> RemoteResult<bool> {
+        let renewed: i64 = self.with(|con| {
+            self.renew
+                .key(&keys.lease)
+                .arg(token)
+                .arg(millis(lease))
+                .invoke(con)
+        })?;
+        Ok(renewed == 1)
+    }
+
+    fn release(&self, keys: &Keys, token: &str) -> RemoteResult<()> {
+        self.with(|con| {
+            self.release
+                .key(&keys.lease)
+                .arg(token)
+                .arg(&keys.channel)
+                .invoke::<Value>(con)
+        })?;
+        Ok(())
+    }
+
+    fn store(
+        &self,
+        keys: &Keys,
+        token: &str,
+        fence: u64,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+    ) -> RemoteResult<bool> {
+        let stored: i64 = self.with(|con| {
+            self.store
+                .key(&keys.value)
+                .key(&keys.lease)
+                .key(&keys.fence)
+                .arg(fence)
+                .arg(token)
+                .arg(bytes)
+                .arg(ttl.map_or(0, millis))
+                .arg(&keys.channel)
+                .invoke(con)
+        })?;
+        Ok(stored == 1)
+    }
+
+    fn info(&self, pattern: &str) -> RemoteResult<SharedInfo> {
+        self.with(|con| {
+            let mut info = SharedInfo::default();
+            let mut cursor = 0u64;
+            loop {
+                let (next, names): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(con)?;
+                info.entries += names.len() as u64;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            let text: String = redis::cmd("INFO").arg("memory").query(con)?;
+            for line in text.lines() {
+                match line.trim().split_once(':') {
+                    Some(("used_memory", v)) => info.used_memory = v.parse().unwrap_or(0),
+                    Some(("maxmemory", v)) => info.maxmemory = v.parse().unwrap_or(0),
+                    Some(("maxmemory_policy", v)) => info.maxmemory_policy = v.to_owned(),
+                    _ => {}
+                }
+            }
+            Ok(info)
+        })
+    }
+
+    fn invalidate(&self, keys: &Keys) -> RemoteResult<bool> {
+        let deleted: i64 = self.with(|con| {
+            self.invalidate
+                .key(&keys.value)
+                .key(&keys.lease)
+                .key(&keys.fence)
+                .arg("")
+                .arg("")
+                .arg(FENCE_TTL_MS)
+                .invoke(con)
+        })?;
+        Ok(deleted == 1)
+    }
+
+    fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>> {
+        // A connection of its own: a subscribed connection can do nothing else.
+        let mut con = self.connect()?;
+        con.send_packed_command(
+            &redis::cmd("SUBSCRIBE")
+                .arg(&keys.channel)
+                .get_packed_command(),
+        )?;
+        con.recv_response()?; // the confirmation: from here on no publish is missed
+        Ok(Box::new(Subscription(con)))
+    }
+}
+
+struct Subscription(Connection);
+
+impl Waiter for Subscription {
+    fn wait(&mut self, timeout: Duration) -> RemoteResult<bool> {
+        self.0
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        match self.0.recv_response() {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_timeout() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The script with its `next_fence()` call replaced by the fence code (Redis scripts cannot
+/// share functions, short of Redis 7 FUNCTIONs, which managed services may not allow).
+fn with_fence(script: &str) -> String {
+    script.replace("next_fence()\n", NEXT_FENCE.trim_start())
+}
+
+/// Milliseconds for PX/PEXPIRE, at least 1 (0 is an error there).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
