@@ -807,6 +807,18 @@ fn a_process_that_only_reads_writes_nothing() {
     let writer = open(&dir);
     writer.set("k", &"v".to_string(), None).unwrap();
     drop(writer); // closes and flushes: the cache is clean and closed
+    // Closed for sure (the flusher thread may have held the store a moment longer): nobody
+    // holds the open lock.
+    let open_lock = std::fs::File::open(dir.join(".open.lock")).unwrap();
+    let closed = (0..500).any(|_| {
+        let free = open_lock.try_lock().is_ok();
+        if !free {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        free
+    });
+    assert!(closed, "the writer's handle never closed");
+    open_lock.unlock().unwrap();
     let before = snapshot(&dir);
     std::thread::sleep(Duration::from_millis(20)); // a write now would show in mtimes
     run_role("read-only", &dir, &[], Duration::from_secs(30));
