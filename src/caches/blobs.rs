@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,13 +28,38 @@ impl Blobs {
     /// Writes a value file under a fresh random name (created with O_EXCL), so readers
     /// never see it before the record naming it is committed. Returns (name, CRC-32).
     pub(crate) fn write(&self, payload: &[u8], sync: bool) -> Result<(String, u32)> {
+        let (name, crc, _) = self.write_from(&mut &payload[..], sync)?;
+        Ok((name, crc))
+    }
+
+    /// Writes a value file from `source`, streaming through a fixed buffer (nothing is held
+    /// whole), hashing as it goes; same naming and visibility rules as [`write`](Self::write).
+    /// Returns (name, CRC-32, length). A failing source leaves no file behind.
+    pub(crate) fn write_from(
+        &self,
+        source: &mut dyn Read,
+        sync: bool,
+    ) -> Result<(String, u32, u64)> {
         let mut file = tempfile::Builder::new()
             .prefix("v-")
             .suffix(".blob")
             .rand_bytes(16)
             .tempfile_in(&self.dir)
             .at("create value file in", &self.dir)?;
-        file.write_all(payload).at("write", file.path())?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut len = 0u64;
+        loop {
+            let n = match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(Error::io("read the value to store in", &self.dir, err)),
+            };
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).at("write", file.path())?;
+            len += n as u64;
+        }
         if sync {
             file.as_file().sync_all().at("sync", file.path())?;
         }
@@ -48,7 +73,31 @@ impl Blobs {
             .ok_or_else(|| {
                 Error::InvalidInput(format!("bad value file name {}", path.display()))
             })?;
-        Ok((name, crc32fast::hash(payload)))
+        Ok((name, hasher.finalize(), len))
+    }
+
+    /// Opens value file `name` for streaming, checked as it is read: a reader that ends
+    /// with an `InvalidData` error if the bytes fail the record's length or CRC.
+    /// `Ok(None)`: the file is gone (the entry was replaced or evicted meanwhile).
+    pub(crate) fn open_checked(
+        &self,
+        name: &str,
+        len: u64,
+        crc: u32,
+        key: &str,
+    ) -> Result<Option<CheckedReader>> {
+        let path = self.dir.join(name);
+        match fs::File::open(&path) {
+            Ok(file) => Ok(Some(CheckedReader {
+                file: std::io::BufReader::with_capacity(256 << 10, file),
+                hasher: crc32fast::Hasher::new(),
+                remaining: len,
+                crc,
+                what: format!("value file of key {key:?} ({})", path.display()),
+            })),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Error::io("open", path, err)),
+        }
     }
 
     /// The bytes of value file `name`, checked against the record's length and CRC.
@@ -135,6 +184,44 @@ fn read_file(path: &Path) -> std::io::Result<BlobBytes> {
     // existing mappings valid. Only someone truncating files in our 0700 directory by hand
     // could make the mapping fault.
     Ok(BlobBytes::Mapped(unsafe { memmap2::Mmap::map(&file)? }))
+}
+
+/// A value file read as a stream, verified on the way: the last `read` fails with
+/// `InvalidData` instead of returning the end if the length or the CRC do not match.
+pub(crate) struct CheckedReader {
+    file: std::io::BufReader<fs::File>,
+    hasher: crc32fast::Hasher,
+    remaining: u64,
+    crc: u32,
+    what: String,
+}
+
+impl Read for CheckedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if n == 0 {
+            let crc = std::mem::take(&mut self.hasher).finalize();
+            if self.remaining != 0 || crc != self.crc {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} fails its length or checksum", self.what),
+                ));
+            }
+            self.crc = crc32fast::hash(&[]); // a second read at the end stays the end
+            return Ok(0);
+        }
+        match self.remaining.checked_sub(n as u64) {
+            Some(rest) => self.remaining = rest,
+            None => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is longer than recorded", self.what),
+                ));
+            }
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 pub(crate) enum BlobBytes {

@@ -34,6 +34,7 @@ pub(crate) mod record;
 mod recovery;
 mod shared;
 mod store;
+mod streams;
 mod tiered;
 
 use std::fmt;
@@ -48,6 +49,7 @@ pub use iter::Iter;
 pub use open::Durability;
 pub use shared::{SharedInfo, SharedStats};
 pub use store::CheckReport;
+pub use streams::ValueReader;
 
 use crate::dirs::{self, Location};
 use crate::error::{BoxError, Error, Result};

@@ -20,6 +20,25 @@ use crate::error::{Error, Result};
 /// the index stays small and dense, and big reads are plain file reads.
 pub(crate) const INLINE_MAX: usize = 32 * 1024;
 
+/// The record stores a long key's length in 32 bits: refuse rather than wrap.
+fn check_key_len(key: &str) -> Result<()> {
+    if u32::try_from(key.len()).is_err() {
+        return Err(Error::InvalidInput(format!(
+            "a key of {} bytes is longer than the 4 GiB - 1 a cache key may have",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Where a value lies (see [`Store::locate`]).
+pub(crate) enum Located {
+    /// A small value, copied out of the index.
+    Inline(Vec<u8>),
+    /// A value file, with its CRC-32.
+    File { name: String, crc: u32 },
+}
+
 /// What a lookup found.
 pub(crate) enum Lookup<R> {
     Missing,
@@ -99,21 +118,9 @@ impl Store {
         for attempt in 1..=ATTEMPTS {
             let (meta, format, crc, name) = {
                 let txn = self.read_txn(local)?;
-                let Some(bytes) = local
-                    .index
-                    .get(&txn, ikey.as_bytes())
-                    .map_err(|e| self.storage(e))?
-                else {
+                let Some(record) = self.record(local, &txn, key, &ikey)? else {
                     return Ok(Lookup::Missing);
                 };
-                let record = Record::decode(ikey.as_bytes(), bytes)
-                    .map_err(|detail| self.corrupt(key, detail))?;
-                if record
-                    .stored_key
-                    .is_some_and(|stored| stored != key.as_bytes())
-                {
-                    return Ok(Lookup::Missing); // a different long key with the same hash
-                }
                 if !accept(&record.meta) {
                     return Ok(Lookup::Rejected);
                 }
@@ -154,14 +161,7 @@ impl Store {
         payload: &[u8],
         mode: PutMode,
     ) -> Result<bool> {
-        // The record stores a long key's length in 32 bits: refuse rather than wrap.
-        if u32::try_from(key.len()).is_err() {
-            return Err(Error::InvalidInput(format!(
-                "a key of {} bytes is longer than the 4 GiB - 1 a cache key may have",
-                key.len()
-            )));
-        }
-        let ikey = IndexKey::new(key);
+        check_key_len(key)?;
         let blob = if payload.len() > INLINE_MAX {
             Some(
                 self.blobs()
@@ -174,6 +174,54 @@ impl Store {
             Some((name, crc)) => Body::Blob { crc: *crc, name },
             None => Body::Inline(payload),
         };
+        let blob_name = blob.as_ref().map(|(name, _)| name.clone());
+        self.commit(key, meta, format, body, mode, blob_name)
+    }
+
+    /// Stores the bytes `source` yields under `key` as a raw value in its own file,
+    /// streaming (a fixed buffer, whatever the size); returns how many bytes. The entry
+    /// replaces any previous one atomically, once the file is complete.
+    pub(crate) fn put_stream(
+        &self,
+        key: &str,
+        load_ns: u64,
+        expire_ns: u64,
+        source: &mut dyn std::io::Read,
+    ) -> Result<u64> {
+        check_key_len(key)?;
+        let synced = self.durability == Durability::Synced;
+        let (name, crc, len) = self.blobs().write_from(source, synced)?;
+        let meta = Meta {
+            load_ns,
+            expire_ns,
+            order_ns: load_ns,
+            payload_len: len,
+        };
+        let body = Body::Blob { crc, name: &name };
+        self.commit(
+            key,
+            meta,
+            Format::Raw,
+            body,
+            PutMode::Replace,
+            Some(name.clone()),
+        )?;
+        Ok(len)
+    }
+
+    /// Commits the record of `key` (its value file, if any, already written): one write
+    /// transaction that honours `mode`, then the bounded housekeeping. A value file whose
+    /// record did not commit is removed.
+    fn commit(
+        &self,
+        key: &str,
+        meta: Meta,
+        format: Format,
+        body: Body<'_>,
+        mode: PutMode,
+        blob: Option<String>,
+    ) -> Result<bool> {
+        let ikey = IndexKey::new(key);
         let record = Record {
             meta,
             stored_key: ikey.is_hashed().then_some(key.as_bytes()),
@@ -200,9 +248,75 @@ impl Store {
             Ok(true)
         });
         if !matches!(result, Ok(true)) {
-            self.blobs().remove(blob.map(|(name, _)| name));
+            self.blobs().remove(blob);
         }
         result
+    }
+
+    /// The verified record of `key` in `txn`; `None` if there is none (or the index key is
+    /// shared by a different long key with the same hash).
+    fn record<'t>(
+        &self,
+        local: &Local,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        key: &str,
+        ikey: &IndexKey<'_>,
+    ) -> Result<Option<Record<'t>>> {
+        let Some(bytes) = local
+            .index
+            .get(txn, ikey.as_bytes())
+            .map_err(|e| self.storage(e))?
+        else {
+            return Ok(None);
+        };
+        let record =
+            Record::decode(ikey.as_bytes(), bytes).map_err(|detail| self.corrupt(key, detail))?;
+        Ok(record
+            .stored_key
+            .is_none_or(|stored| stored == key.as_bytes())
+            .then_some(record))
+    }
+
+    /// Where the value of `key` lies, if `accept` likes its metadata, without reading a
+    /// value file: small values are copied out (at most `INLINE_MAX` bytes).
+    pub(crate) fn locate(
+        &self,
+        key: &str,
+        accept: impl Fn(&Meta) -> bool,
+    ) -> Result<Option<(Meta, Format, Located)>> {
+        let local = self.local()?;
+        let ikey = IndexKey::new(key);
+        let txn = self.read_txn(local)?;
+        let Some(record) = self.record(local, &txn, key, &ikey)? else {
+            return Ok(None);
+        };
+        if !accept(&record.meta) {
+            return Ok(None);
+        }
+        let located = match record.body {
+            Body::Inline(payload) => Located::Inline(payload.to_vec()),
+            Body::Blob { crc, name } => Located::File {
+                name: name.to_owned(),
+                crc,
+            },
+        };
+        Ok(Some((record.meta, record.format, located)))
+    }
+
+    /// Opens a located value file as a checked stream (`None`: it was replaced meanwhile).
+    pub(crate) fn open_value_file(
+        &self,
+        key: &str,
+        name: &str,
+        len: u64,
+        crc: u32,
+    ) -> Result<Option<super::blobs::CheckedReader>> {
+        self.blobs().open_checked(name, len, crc, key)
+    }
+
+    /// The path of a located value file (for hard links: value files are never modified).
+    pub(crate) fn value_file_path(&self, name: &str) -> std::path::PathBuf {
+        self.blobs().path(name)
     }
 
     /// Removes `key`; true if it was there.
