@@ -1554,3 +1554,53 @@ fn a_partial_answer_to_a_whole_request_is_refused() {
     );
     assert_eq!(files_under(cache.path()), Vec::<PathBuf>::new());
 }
+
+/// A server that stops answering in the middle of the body (it keeps the connection open
+/// and sends nothing more): the install gives up after its timeout instead of hanging,
+/// installs nothing, and a retry gets the whole file.
+#[test]
+fn a_server_that_stops_answering_mid_body_times_out_and_a_retry_installs() {
+    let body = b"#!/bin/sh\necho stalled-then-served\n".repeat(2000);
+    let served = body.clone();
+    let server = Server::start(move |n, _| {
+        let reply = Reply::ok(served.clone());
+        if n == 0 {
+            Reply {
+                stall_after: Some(served.len() / 2),
+                ..reply
+            }
+        } else {
+            reply
+        }
+    });
+    let cache = tempfile::tempdir().expect("tempdir");
+    let url = server.url("tool");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = cache.path().to_owned();
+    let give_up = url.clone();
+    std::thread::spawn(move || {
+        let result = Executable::new(give_up, "stalled")
+            .cache_root(&root)
+            .timeout(Duration::from_secs(1))
+            .retries(0)
+            .install();
+        let _ = tx.send(result.map(|p| p.to_path_buf()));
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the install hung on a server that stopped answering")
+        .expect_err("a stalled download cannot succeed without a retry");
+    assert!(matches!(err, Error::Download { .. }), "{err:?}");
+    assert!(
+        execs::installed(Some(cache.path()))
+            .expect("list")
+            .is_empty()
+    );
+    let path = Executable::new(url, "stalled")
+        .cache_root(cache.path())
+        .timeout(Duration::from_secs(5))
+        .install()
+        .expect("the retry installs");
+    assert_eq!(std::fs::read(&*path).expect("read"), body);
+    assert_eq!(server.hits(), 2);
+}
