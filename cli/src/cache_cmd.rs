@@ -1,14 +1,17 @@
 //! `concurio cache list|get|delete|path|stats|prune|check|clear`: human text by default,
 //! `--json` for scripts. Results go to stdout.
 
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
 use std::time::SystemTime;
 
 use dbx_concurio::caches::{DiskCache, EntryInfo};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::capture::Recorded;
 use crate::cli::{CacheCommand, CacheOpts};
-use crate::json_value::AnyValue;
+use crate::json_value::{AnyValue, bytes_json};
+use crate::output::{self, Output};
 use crate::{Outcome, duration, size};
 
 pub fn cache(command: CacheCommand) -> Outcome {
@@ -92,31 +95,31 @@ pub fn cache(command: CacheCommand) -> Outcome {
 
 fn list(opts: &CacheOpts) -> Outcome {
     let cache = opts.location.open()?;
-    let entries = cache.entries()?;
-    let commands: Vec<Option<String>> = entries
-        .iter()
-        .map(|e| run_command(&cache, &e.key))
-        .collect();
+    let rows = listed(&cache)?;
     if opts.json {
-        let rows: Vec<Value> = entries
+        let rows: Vec<Value> = rows
             .iter()
-            .zip(&commands)
-            .map(|(e, command)| {
-                let mut row = entry_json(e);
-                row["command"] = json!(command);
-                row
+            .map(|row| {
+                let mut json = entry_json(&row.entry);
+                json["bytes"] = json!(row.size);
+                json["command"] = json!(row.command);
+                if let Some(streams) = &row.streams {
+                    json["streams"] = json!(streams);
+                }
+                json
             })
             .collect();
         println!("{}", Value::Array(rows));
         return Ok(0);
     }
-    let mut rows = vec![[
+    let mut table = vec![[
         "AGE".to_owned(),
         "EXPIRES IN".to_owned(),
         "SIZE".to_owned(),
         "COMMAND OR KEY".to_owned(),
     ]];
-    for (e, command) in entries.iter().zip(commands) {
+    for row in rows {
+        let e = &row.entry;
         let expires = match e.expires_at {
             _ if e.expired => "expired".to_owned(),
             None => "never".to_owned(),
@@ -124,15 +127,58 @@ fn list(opts: &CacheOpts) -> Outcome {
         };
         let age = duration::human(e.load_timestamp.elapsed().unwrap_or_default());
         let key = e.key.escape_debug().to_string(); // one line per entry, whatever it holds
-        let what = match command {
+        let what = match row.command {
             Some(command) if is_hashed_run_key(&e.key) => command,
             Some(command) => format!("{key} = {command}"),
             None => key,
         };
-        rows.push([age, expires, size::human(e.size), what]);
+        table.push([age, expires, size::human(row.size), what]);
     }
-    print_table(&rows);
+    print_table(&table);
     Ok(0)
+}
+
+/// One line of `cache list`.
+struct Listed {
+    entry: EntryInfo,
+    /// The command line of a `concurio run` result.
+    command: Option<String>,
+    /// The keys of its stream entries (for a `concurio run` result).
+    streams: Option<Vec<String>>,
+    /// Its size with its stream entries.
+    size: u64,
+}
+
+/// The entries to list: a `concurio run` result with the size of its stream entries, which
+/// are not listed on their own. A stream entry that no result names (its command is still
+/// running, or its result was deleted or evicted) is listed as itself.
+fn listed(cache: &DiskCache) -> Result<Vec<Listed>, dbx_concurio::Error> {
+    let entries = cache.entries()?;
+    let sizes: HashMap<&str, u64> = entries.iter().map(|e| (e.key.as_str(), e.size)).collect();
+    let mut rows = Vec::new();
+    let mut folded = HashSet::new();
+    for e in &entries {
+        let run = run_result(cache, &e.key);
+        let (command, streams, size) = match &run {
+            Some(run) => {
+                let streams: Vec<String> = run.stream_keys().map(str::to_owned).collect();
+                // What is there: a stream entry that is gone adds nothing.
+                let bytes: u64 = streams.iter().filter_map(|k| sizes.get(k.as_str())).sum();
+                folded.extend(streams.clone());
+                let command = crate::holder::command_line(&run.command);
+                (Some(command), Some(streams), e.size + bytes)
+            }
+            None => (None, None, e.size),
+        };
+        rows.push(Listed {
+            entry: e.clone(),
+            command,
+            streams,
+            size,
+        });
+    }
+    rows.retain(|row| !(output::is_stream_key(&row.entry.key) && folded.contains(&row.entry.key)));
+    Ok(rows)
 }
 
 /// Prints rows in columns that stay aligned whatever their widths: the text of the last
@@ -150,15 +196,12 @@ fn print_table(rows: &[[String; 4]]) {
     }
 }
 
-/// The command line of a `concurio run` entry, if `key` holds one (and has not expired).
-fn run_command(cache: &DiskCache, key: &str) -> Option<String> {
-    /// The part of a stored `concurio run` result that names the command.
-    #[derive(Deserialize)]
-    struct RunRecord {
-        command: Vec<String>,
+/// The `concurio run` result `key` holds, if it holds one (and has not expired).
+fn run_result(cache: &DiskCache, key: &str) -> Option<Recorded> {
+    if output::is_stream_key(key) {
+        return None; // raw bytes: not worth trying to decode
     }
-    let entry = cache.get::<RunRecord>(key).ok()??;
-    Some(crate::holder::command_line(&entry.value.command))
+    cache.get::<Recorded>(key).ok()?.map(|e| e.value)
 }
 
 /// Keys `concurio run` makes by hashing the command line (as opposed to `--key NAME`).
@@ -175,19 +218,52 @@ fn get(key: &str, opts: &CacheOpts) -> Outcome {
         )
         .into());
     };
+    let mut value = entry.value.0;
+    if let Some(run) = run_result(&cache, key) {
+        with_streamed_output(&cache, key, &run, &mut value)?;
+    }
     let out = if opts.json {
         json!({
             "key": key,
-            "value": entry.value.0,
+            "value": value,
             "loaded_at": timestamp(entry.load_timestamp),
             "expires_at": entry.expires_at.map(timestamp),
         })
         .to_string()
     } else {
-        serde_json::to_string_pretty(&entry.value.0)?
+        serde_json::to_string_pretty(&value)?
     };
     println!("{out}");
     Ok(0)
+}
+
+/// Puts the outputs of a `concurio run` result that are in stream entries into its JSON
+/// form, as an inline output shows (text, or a list of byte values). They are read whole:
+/// `cache get` is for reading a result, `run` replays big ones as streams.
+fn with_streamed_output(
+    cache: &DiskCache,
+    key: &str,
+    run: &Recorded,
+    value: &mut Value,
+) -> Result<(), crate::Failure> {
+    for (name, out) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+        let Output::Stream { stream, .. } = out else {
+            continue;
+        };
+        let Some(mut reader) = out.open(cache)? else {
+            return Err(format!(
+                "the {name} of {key:?} is gone (its stream entry {stream} was deleted or \
+                 expired): the next `concurio run` of it runs the command again"
+            )
+            .into());
+        };
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("reading the {name} of {key:?} ({stream}): {e}"))?;
+        value[name] = bytes_json(&bytes);
+    }
+    Ok(())
 }
 
 fn delete(key: &str, dry_run: bool, opts: &CacheOpts) -> Outcome {
@@ -201,7 +277,7 @@ fn delete(key: &str, dry_run: bool, opts: &CacheOpts) -> Outcome {
             false => format!("no entry: {shown}"),
         });
     }
-    let deleted = cache.delete(key)?;
+    let deleted = crate::capture::delete_result(&cache, key)?; // with its stream entries
     let report = json!({ "key": key, "deleted": deleted });
     emit(opts, &report, || {
         let what = if deleted { "deleted" } else { "no entry" };

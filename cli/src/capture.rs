@@ -1,5 +1,5 @@
-//! Running a command while streaming its output live and capturing it, and replaying a
-//! captured result.
+//! Running a command while streaming its output live and storing it, and replaying a
+//! stored result.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -7,16 +7,19 @@ use std::io::{self, Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 
+use dbx_concurio::caches::DiskCache;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 
-/// What `concurio run` stores: the command's output and how it ended.
+use crate::output::{self, Captured, Output, Streams};
+
+/// What `concurio run` stores: the command, how it ended, and its outputs (inline when
+/// small, else the names of their stream entries: see [`crate::output`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recorded {
     /// The command line, for people reading `concurio cache get` (lossy UTF-8).
     pub command: Vec<String>,
-    pub stdout: ByteBuf,
-    pub stderr: ByteBuf,
+    pub stdout: Output,
+    pub stderr: Output,
     /// Exit code, if it exited.
     pub code: Option<i32>,
     /// Signal number, if it was killed by one.
@@ -33,11 +36,50 @@ impl Recorded {
         self.code == Some(0)
     }
 
-    /// Writes the recorded stdout and stderr to ours, byte for byte. A closed pipe on our
-    /// side (`| head`) is not an error.
-    pub fn replay(&self) -> io::Result<()> {
-        write_all_ignoring_epipe(&mut io::stdout().lock(), &self.stdout)?;
-        write_all_ignoring_epipe(&mut io::stderr().lock(), &self.stderr)
+    /// The keys of its stream entries.
+    pub fn stream_keys(&self) -> impl Iterator<Item = &str> {
+        [&self.stdout, &self.stderr]
+            .into_iter()
+            .filter_map(Output::stream_key)
+    }
+
+    /// Both outputs, opened (so that a result replaced meanwhile is still read whole, and
+    /// never half of one and half of another); `None` if a stream entry is gone.
+    pub fn open(&self, cache: &DiskCache) -> Result<Option<Replay>, dbx_concurio::Error> {
+        let Some(stdout) = self.stdout.open(cache)? else {
+            return Ok(None);
+        };
+        let Some(stderr) = self.stderr.open(cache)? else {
+            return Ok(None);
+        };
+        Ok(Some(Replay { stdout, stderr }))
+    }
+}
+
+/// Deletes the result stored under `key` and its stream entries; true if it was there.
+pub fn delete_result(cache: &DiskCache, key: &str) -> Result<bool, dbx_concurio::Error> {
+    // Read first: once the run entry is gone, nothing names its streams.
+    let old = cache.get::<Recorded>(key).ok().flatten();
+    let deleted = cache.delete(key)?;
+    if let Some(old) = old {
+        output::delete_streams(cache, old.stream_keys());
+    }
+    Ok(deleted)
+}
+
+/// The opened outputs of a stored result.
+pub struct Replay {
+    stdout: Box<dyn Read + Send>,
+    stderr: Box<dyn Read + Send>,
+}
+
+impl Replay {
+    /// Writes the stored stdout and stderr to ours, byte for byte, through a fixed buffer.
+    /// A closed pipe on our side (`| head`) is not an error; damaged stored bytes are
+    /// (`InvalidData`, after what was read before the damage was found).
+    pub fn write(self) -> io::Result<()> {
+        output::replay(self.stdout, &mut io::stdout().lock())?;
+        output::replay(self.stderr, &mut io::stderr().lock())
     }
 }
 
@@ -53,6 +95,11 @@ pub enum RunError {
     Io(io::Error),
     /// It failed and failures are not cached (`--discard-failures`); its output was shown.
     Failed(Box<Recorded>),
+    /// It ran and its output was shown, but storing the output failed (a full disk).
+    NotStored {
+        status: u8,
+        source: dbx_concurio::Error,
+    },
 }
 
 impl RunError {
@@ -69,6 +116,10 @@ impl RunError {
                 };
                 Err(crate::Failure::with_code(code, self))
             }
+            RunError::NotStored { status, ref source } => {
+                warn_not_stored(source);
+                Ok(status)
+            }
             RunError::Io(_) => Err(self.into()),
         }
     }
@@ -82,6 +133,9 @@ impl fmt::Display for RunError {
             }
             RunError::Io(e) => write!(f, "running the command: {e}"),
             RunError::Failed(r) => write!(f, "the command failed with status {}", r.exit_code()),
+            RunError::NotStored { source, .. } => {
+                write!(f, "the command's result could not be stored: {source}")
+            }
         }
     }
 }
@@ -94,10 +148,26 @@ impl From<io::Error> for RunError {
     }
 }
 
-/// Runs `argv`, copying its stdout and stderr to ours as they arrive (reader threads, no
-/// buffering until the end) while keeping a copy of each.
-pub fn run_streaming(argv: &[OsString], pass_stdin: bool) -> Result<Recorded, RunError> {
-    let (program, args) = argv.split_first().expect("clap requires a command");
+/// The warning for a result that ran but could not be stored.
+pub fn warn_not_stored(error: &dbx_concurio::Error) {
+    tracing::warn!("the command's result could not be stored: {error}");
+}
+
+/// Runs `argv`, copying its stdout and stderr to ours as they arrive (a reader thread per
+/// pipe, no buffering until the end) while storing them in `streams` (see
+/// [`Streams::capture`]); with `None`, only passes them through (an uncached run, whose
+/// `Recorded` has empty outputs).
+pub fn run_streaming(
+    argv: &[OsString],
+    pass_stdin: bool,
+    streams: Option<&Streams>,
+) -> Result<Recorded, RunError> {
+    let (program, args) = argv.split_first().ok_or_else(|| {
+        RunError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no command to run",
+        ))
+    })?;
     let stdin = if pass_stdin {
         Stdio::inherit()
     } else {
@@ -113,53 +183,77 @@ pub fn run_streaming(argv: &[OsString], pass_stdin: bool) -> Result<Recorded, Ru
             program: program.clone(),
             source,
         })?;
-    let out = child.stdout.take().expect("piped stdout");
-    let err = child.stderr.take().expect("piped stderr");
-    let out = thread::spawn(move || tee(out, io::stdout()));
-    let err = thread::spawn(move || tee(err, io::stderr()));
-    let stdout = out.join().expect("stdout reader panicked")?;
-    let stderr = err.join().expect("stderr reader panicked")?;
-    let status = child.wait()?;
-    let (code, signal) = split_status(status);
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(io::Error::other("the command's output pipes are missing").into());
+    };
+    let (stdout, stderr) = thread::scope(|s| {
+        let out = s.spawn(|| capture(streams, "stdout", out, io::stdout()));
+        let err = s.spawn(|| capture(streams, "stderr", err, io::stderr()));
+        (joined(out), joined(err))
+    });
+    let status = child.wait();
+    let captured = [stdout, stderr];
+    let kept = |c: &io::Result<Captured>| match c {
+        Ok(Captured::Kept(output)) => output.stream_key().map(str::to_owned),
+        _ => None,
+    };
+    let stored: Vec<String> = captured.iter().filter_map(kept).collect();
+    let recorded = finish(argv, status, captured);
+    if recorded.is_err()
+        && let Some(streams) = streams
+    {
+        // Nothing refers to the stream entries of a run that gives no result.
+        output::delete_streams(streams.cache(), stored.iter().map(String::as_str));
+    }
+    recorded
+}
+
+/// Reads one pipe of the command: stored in `streams`, or only passed through.
+fn capture(
+    streams: Option<&Streams>,
+    name: &str,
+    from: impl Read,
+    to: impl Write,
+) -> io::Result<Captured> {
+    match streams {
+        Some(streams) => streams.capture(name, from, to),
+        None => output::pass_through(from, to).map(|()| Captured::Kept(Output::empty())),
+    }
+}
+
+/// A reader thread's result; its panic continues in ours.
+fn joined<T>(handle: thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// The result of a finished run, from how it ended and what its pipes gave.
+fn finish(
+    argv: &[OsString],
+    status: io::Result<ExitStatus>,
+    [stdout, stderr]: [io::Result<Captured>; 2],
+) -> Result<Recorded, RunError> {
+    let (code, signal) = split_status(status?);
+    let (stdout, stderr) = match (stdout?, stderr?) {
+        (Captured::Kept(stdout), Captured::Kept(stderr)) => (stdout, stderr),
+        (Captured::NotStored(source), _) | (_, Captured::NotStored(source)) => {
+            return Err(RunError::NotStored {
+                status: status_code(code, signal),
+                source,
+            });
+        }
+    };
     Ok(Recorded {
         command: argv
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),
-        stdout: ByteBuf::from(stdout),
-        stderr: ByteBuf::from(stderr),
+        stdout,
+        stderr,
         code,
         signal,
     })
-}
-
-/// Copies `from` to `to` chunk by chunk, returning everything read. Once `to` fails (e.g. a
-/// closed pipe) it is dropped, but reading goes on so the capture is complete.
-fn tee(mut from: impl Read, to: impl Write) -> io::Result<Vec<u8>> {
-    let mut to = Some(to);
-    let mut all = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(all),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        all.extend_from_slice(&buf[..n]);
-        if let Some(w) = &mut to
-            && (w.write_all(&buf[..n]).is_err() || w.flush().is_err())
-        {
-            to = None;
-        }
-    }
-}
-
-fn write_all_ignoring_epipe(to: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
-    match to.write_all(bytes).and_then(|()| to.flush()) {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other,
-    }
 }
 
 /// (exit code, signal) of a finished process.

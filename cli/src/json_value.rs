@@ -7,6 +7,14 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+/// Bytes as JSON: valid UTF-8 as a string, anything else as a list of numbers.
+pub fn bytes_json(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.into(),
+        Err(_) => bytes.iter().map(|&b| Value::from(b)).collect(),
+    }
+}
+
 /// Any deserializable value, as JSON.
 pub struct AnyValue(pub Value);
 
@@ -40,10 +48,7 @@ impl<'de> Visitor<'de> for AnyVisitor {
         Ok(v.into())
     }
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Value, E> {
-        Ok(match std::str::from_utf8(v) {
-            Ok(text) => text.into(),
-            Err(_) => v.iter().map(|&b| Value::from(b)).collect(),
-        })
+        Ok(bytes_json(v))
     }
     fn visit_none<E: de::Error>(self) -> Result<Value, E> {
         Ok(Value::Null)

@@ -8,6 +8,7 @@ mod duration;
 mod holder;
 mod install;
 mod json_value;
+mod output;
 mod run;
 mod size;
 

@@ -11,24 +11,30 @@
 //! is the caller's `--ttl` (as in bkt), so a result stored by a short-TTL call serves
 //! longer-TTL callers.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dbx_concurio::Error;
-use dbx_concurio::caches::DiskCache;
+use dbx_concurio::caches::{DiskCache, DiskCacheValue};
 use sha2::{Digest, Sha256};
 
-use crate::capture::{Recorded, RunError, run_streaming};
+use crate::capture::{Recorded, Replay, RunError, run_streaming, warn_not_stored};
 use crate::cli::RunArgs;
 use crate::duration;
 use crate::holder::{self, HolderNote};
+use crate::output::{self, Streams};
 use crate::{Failure, Outcome};
 
 /// The shortest time a result stays on disk (see the module docs).
 const MIN_KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// The least age limit of the reload that replaces a result whose stored output is gone:
+/// a limit of the result's own age would also be the expiry `get_or_load` stores the new
+/// result with until we extend it, which must not lapse before waiting callers look.
+const MIN_RELOAD_AGE: Duration = Duration::from_secs(1);
 
 /// How many times a `--discard-failures` call deletes a failure that another caller stored
 /// meanwhile before it runs the command without the cross-process lock.
@@ -133,7 +139,7 @@ fn no_cache(error: Error) -> Failure {
 }
 
 fn run_uncached(args: &RunArgs) -> Outcome {
-    match run_streaming(&args.command, args.stdin) {
+    match run_streaming(&args.command, args.stdin, None) {
         Ok(rec) => Ok(rec.exit_code()),
         Err(e) => e.into_outcome(),
     }
@@ -156,28 +162,68 @@ impl Run<'_> {
     /// `--force` (and the background half of `--warm`): run now, store, exit with its status.
     fn forced(&self) -> Outcome {
         let _note = HolderNote::publish(self.cache.directory(), self.key, &self.args.command);
-        let rec = match run_streaming(&self.args.command, self.args.stdin) {
+        let streams = self.streams();
+        let rec = match run_streaming(&self.args.command, self.args.stdin, Some(&streams)) {
             Ok(rec) => rec,
             Err(e) => return e.into_outcome(),
         };
         if rec.success() || !self.args.discard_failures {
-            let stored = self.cache.set(self.key, &rec, Some(keep_for(self.args)));
-            if let Err(e) = stored {
-                warn_not_stored(&e);
+            let old = self.stored();
+            match self.cache.set(self.key, &rec, Some(keep_for(self.args))) {
+                Ok(()) => self.replaced(old.as_ref(), &rec),
+                Err(e) => {
+                    warn_not_stored(&e);
+                    output::delete_streams(self.cache, rec.stream_keys());
+                }
             }
+        } else {
+            output::delete_streams(self.cache, rec.stream_keys());
         }
         Ok(rec.exit_code())
+    }
+
+    /// Where this run's outputs go: stream entries kept as long as the result.
+    fn streams(&self) -> Streams<'_> {
+        Streams::new(self.cache, Some(keep_for(self.args)))
+    }
+
+    /// The result stored now, if there is one we can read.
+    fn stored(&self) -> Option<Recorded> {
+        match self.cache.get::<Recorded>(self.key) {
+            Ok(entry) => entry.map(|e| e.value),
+            Err(e) => {
+                tracing::debug!("the previous result cannot be read: {e}");
+                None
+            }
+        }
+    }
+
+    /// After `new` replaced `old`: its stream entries expire with it (they were written
+    /// first, so their keep time started earlier), and `old`'s are deleted. A replay that
+    /// has them open reads them to the end.
+    fn replaced(&self, old: Option<&Recorded>, new: &Recorded) {
+        let keep = Some(keep_for(self.args));
+        for key in new.stream_keys() {
+            if let Err(e) = self.cache.touch(key, keep) {
+                tracing::warn!("cannot extend the stream entry {key}: {e}");
+            }
+        }
+        if let Some(old) = old {
+            let current: Vec<&str> = new.stream_keys().collect();
+            let gone = old.stream_keys().filter(|k| !current.contains(k));
+            output::delete_streams(self.cache, gone);
+        }
     }
 
     /// Replays a result younger than `max_age`, or runs the command once across processes.
     /// With `--discard-failures` a stored failure is deleted and the command runs instead.
     fn load(&self, max_age: Duration) -> Outcome {
         for _ in 0..DISCARD_ATTEMPTS {
-            match self.load_once(max_age)? {
+            match self.load_once(max_age, true)? {
                 Loaded::Done(code) => return Ok(code),
                 Loaded::StoredFailure => {
                     tracing::info!("not replaying a stored failure (--discard-failures)");
-                    self.cache.delete(self.key)?;
+                    crate::capture::delete_result(self.cache, self.key)?;
                 }
             }
         }
@@ -185,17 +231,25 @@ impl Run<'_> {
         self.forced()
     }
 
-    fn load_once(&self, max_age: Duration) -> Result<Loaded, Failure> {
+    /// One `get_or_load`. `reload_if_gone`: a result whose stored output is gone is
+    /// replaced through one more `get_or_load` (else run without the lock).
+    fn load_once(&self, max_age: Duration, reload_if_gone: bool) -> Result<Loaded, Failure> {
         let ran: Cell<Option<u8>> = Cell::new(None);
         let started = AtomicBool::new(false);
+        let old: RefCell<Option<Recorded>> = RefCell::new(None);
+        let written: RefCell<Vec<String>> = RefCell::new(Vec::new());
+        let streams = self.streams();
         let loader = || {
             started.store(true, Ordering::SeqCst);
             let _note = HolderNote::publish(self.cache.directory(), self.key, &self.args.command);
-            let rec = run_streaming(&self.args.command, self.args.stdin)?;
+            *old.borrow_mut() = self.stored(); // under the key's lock: no other loader
+            let rec = run_streaming(&self.args.command, self.args.stdin, Some(&streams))?;
             ran.set(Some(rec.exit_code()));
             if self.args.discard_failures && !rec.success() {
+                output::delete_streams(self.cache, rec.stream_keys());
                 return Err(RunError::Failed(Box::new(rec)));
             }
+            *written.borrow_mut() = rec.stream_keys().map(str::to_owned).collect();
             Ok(rec)
         };
         let loaded = holder::while_waiting(
@@ -209,24 +263,28 @@ impl Run<'_> {
             },
         );
         match (loaded, ran.get()) {
-            (Ok(_), Some(code)) => {
+            (Ok(entry), Some(code)) => {
                 // get_or_load stored it with expiry max_age; keep it for longer-TTL callers.
                 if let Err(e) = self.cache.touch(self.key, Some(keep_for(self.args))) {
                     warn_not_stored(&e);
                 }
+                self.replaced(old.borrow().as_ref(), &entry);
                 Ok(Loaded::Done(code)) // its output was streamed as it ran
             }
             (Ok(entry), None) if self.args.discard_failures && !entry.success() => {
                 Ok(Loaded::StoredFailure)
             }
             (Ok(entry), None) => {
+                let Some(replay) = entry.open(self.cache)? else {
+                    return self.output_gone(&entry, max_age, reload_if_gone);
+                };
                 if let Some(stale) = self.args.stale
                     && !self.args.refresh
                     && entry.age() >= stale
                 {
                     spawn_refresh();
                 }
-                entry.replay()?;
+                self.replay(replay)?;
                 Ok(Loaded::Done(entry.exit_code()))
             }
             (Err(Error::Loader { source, .. }), _) => match source.downcast::<RunError>() {
@@ -236,9 +294,49 @@ impl Run<'_> {
             // The command ran and its output was streamed; only storing it failed.
             (Err(e), Some(code)) => {
                 warn_not_stored(&e);
+                output::delete_streams(self.cache, written.borrow().iter().map(String::as_str));
                 Ok(Loaded::Done(code))
             }
             (Err(e), None) => Err(e.into()),
+        }
+    }
+
+    /// A fresh result whose output is gone (its stream entry pruned, evicted or deleted) is
+    /// a miss. It is replaced through `get_or_load` with the result's own age as the limit:
+    /// the command runs once however many callers found it, and a caller that waited gets
+    /// the new result (younger than the gone one). A result younger than
+    /// [`MIN_RELOAD_AGE`], or one gone again, runs the command without the lock.
+    fn output_gone(
+        &self,
+        entry: &DiskCacheValue<Recorded>,
+        max_age: Duration,
+        reload: bool,
+    ) -> Result<Loaded, Failure> {
+        tracing::info!("the stored output is gone: running the command again");
+        let age = entry.age();
+        if reload && age >= MIN_RELOAD_AGE {
+            return self.load_once(age.min(max_age), false);
+        }
+        self.forced().map(Loaded::Done)
+    }
+
+    /// Writes a stored result's output. If it turns out damaged, it is deleted (the next
+    /// call runs the command) and that is the error.
+    fn replay(&self, replay: Replay) -> Result<(), Failure> {
+        match replay.write() {
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                if let Err(d) = crate::capture::delete_result(self.cache, self.key) {
+                    tracing::warn!("cannot delete the damaged result: {d}");
+                }
+                Err(format!(
+                    "the stored output of {:?} in {} is damaged ({e}); it was deleted, the \
+                     next call runs the command",
+                    self.key,
+                    self.cache.directory().display()
+                )
+                .into())
+            }
+            other => Ok(other?),
         }
     }
 }
@@ -249,10 +347,6 @@ enum Loaded {
     Done(u8),
     /// A failure another caller stored, which `--discard-failures` must not replay.
     StoredFailure,
-}
-
-fn warn_not_stored(error: &Error) {
-    tracing::warn!("the command's result could not be stored: {error}");
 }
 
 /// The entry's key: `--key` as given (after the `--scope`, if any), else `run-v2:` + the

@@ -542,20 +542,8 @@ fn a_waiting_caller_says_whom_it_waits_for() {
     assert!(eventually(30, || sb.path().join("started").exists().then_some(())).is_some());
     let mut verbose_args = vec!["-v"];
     verbose_args.extend(&args);
-    let mut waiter = sb
-        .cmd()
-        .args(&verbose_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let quiet_waiter = sb
-        .cmd()
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut waiter = sb.spawn_piped(&verbose_args);
+    let quiet_waiter = sb.spawn_piped(&args);
     let stderr = BufReader::new(waiter.stderr.take().unwrap());
     let (notices, reader) = notices(stderr);
     let notice = notices.recv_timeout(Duration::from_secs(30));

@@ -30,6 +30,16 @@ impl Sandbox {
         cmd
     }
 
+    /// Starts `concurio ARGS` with its stdout and stderr piped to us.
+    pub fn spawn_piped(&self, args: &[&str]) -> std::process::Child {
+        self.cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn concurio")
+    }
+
     /// Runs `concurio ARGS` to completion.
     pub fn concurio(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("spawn concurio")
