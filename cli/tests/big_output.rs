@@ -292,3 +292,35 @@ fn cache_list_shows_a_big_result_once_with_the_size_of_its_output() {
     assert!(stdout.ends_with("999999\n1000000\n"));
     assert_eq!(entry["value"]["stderr"].as_str().unwrap().len(), 108_894);
 }
+
+#[test]
+fn a_damaged_stored_output_is_an_error_and_the_next_call_runs_again() {
+    let sb = Sandbox::new();
+    let argv = counted("seq 1 150000"); // 1 MiB: a stream entry
+    let args = run_args(&["--ttl", "1h"], &argv);
+    let want = sha256_of("seq 1 150000");
+    sb.ok(&args);
+    let blobs = sb.path().join("dbx_concurio/run/blobs");
+    let files: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one value file: {files:?}");
+    let mut perms = std::fs::metadata(&files[0]).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&files[0], perms).unwrap();
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&files[0], bytes).unwrap();
+
+    let damaged = sb.concurio(&args);
+    let stderr = String::from_utf8_lossy(&damaged.stderr);
+    assert_eq!(damaged.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("damaged"), "{stderr}");
+    assert_eq!(sb.runs(), 1, "a damaged replay is not a run");
+    let m = measured(&sb, &args);
+    assert_eq!(m.code, Some(0));
+    assert_eq!(m.stdout_sha256, want, "the next call ran the command");
+    assert_eq!(sb.runs(), 2);
+}
