@@ -324,3 +324,53 @@ fn a_damaged_stored_output_is_an_error_and_the_next_call_runs_again() {
     assert_eq!(m.stdout_sha256, want, "the next call ran the command");
     assert_eq!(sb.runs(), 2);
 }
+
+#[test]
+fn a_result_stored_before_stream_entries_is_still_replayed() {
+    /// A result as `concurio run` stored it before stream entries: outputs inline.
+    #[derive(serde::Serialize)]
+    struct OldRecorded {
+        command: Vec<String>,
+        stdout: serde_bytes::ByteBuf,
+        stderr: serde_bytes::ByteBuf,
+        code: Option<i32>,
+        signal: Option<i32>,
+    }
+    let sb = Sandbox::new();
+    let dir = sb.path().join("dbx_concurio/run");
+    let cache = dbx_concurio::caches::DiskCache::builder()
+        .directory(&dir)
+        .build()
+        .unwrap();
+    let old = OldRecorded {
+        command: vec!["old".into()],
+        stdout: serde_bytes::ByteBuf::from(b"old out\xff\n".to_vec()),
+        stderr: serde_bytes::ByteBuf::from(b"old err\n".to_vec()),
+        code: Some(6),
+        signal: None,
+    };
+    cache.set("k", &old, None).unwrap();
+    drop(cache);
+    let out = sb.concurio(&run_args(&["--key", "k"], &counted("echo new")));
+    assert_eq!(out.status.code(), Some(6));
+    assert_eq!(out.stdout, b"old out\xff\n");
+    assert_eq!(out.stderr, b"old err\n");
+    assert_eq!(sb.runs(), 0, "the old result was not replayed");
+}
+
+#[test]
+fn a_big_result_and_its_stream_entries_expire_together_and_prune_removes_them() {
+    let sb = Sandbox::new();
+    let short = ["--ttl", "1s", "--keep", "1s", "--key", "short"];
+    sb.ok(&run_args(&short, &counted("seq 1 100000; seq 1 20000 >&2")));
+    sb.ok(&run_args(
+        &["--ttl", "1h", "--key", "long"],
+        &counted("seq 1 100000"),
+    ));
+    assert_eq!(sb.json(&["cache", "stats", "--json"])["entries"], 5);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(sb.json(&["cache", "stats", "--json"])["expired"], 3);
+    assert_eq!(sb.json(&["cache", "prune", "--json"])["expired_removed"], 3);
+    assert_eq!(stream_keys(&sb, "long").len(), 1);
+    assert_eq!(sb.json(&["cache", "stats", "--json"])["entries"], 2);
+}
