@@ -10,6 +10,9 @@
 //! Results are stored for [`keep_for`] (at least a day, never less than the TTL): freshness
 //! is the caller's `--ttl` (as in bkt), so a result stored by a short-TTL call serves
 //! longer-TTL callers.
+//!
+//! Outputs are stored as they stream and replayed as streams (big ones in stream entries
+//! of their own, see [`crate::output`]): memory stays bounded whatever their size.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
@@ -32,8 +35,8 @@ use crate::{Failure, Outcome};
 const MIN_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// The least age limit of the reload that replaces a result whose stored output is gone:
-/// a limit of the result's own age would also be the expiry `get_or_load` stores the new
-/// result with until we extend it, which must not lapse before waiting callers look.
+/// the limit is also the expiry `get_or_load` stores the new result with until we extend
+/// it, which must not lapse before the callers waiting for it look.
 const MIN_RELOAD_AGE: Duration = Duration::from_secs(1);
 
 /// How many times a `--discard-failures` call deletes a failure that another caller stored
@@ -302,20 +305,22 @@ impl Run<'_> {
     }
 
     /// A fresh result whose output is gone (its stream entry pruned, evicted or deleted) is
-    /// a miss. It is replaced through `get_or_load` with the result's own age as the limit:
-    /// the command runs once however many callers found it, and a caller that waited gets
-    /// the new result (younger than the gone one). A result younger than
-    /// [`MIN_RELOAD_AGE`], or one gone again, runs the command without the lock.
+    /// a miss. It is replaced through `get_or_load` with the result's own age as the limit
+    /// (at least [`MIN_RELOAD_AGE`]): a result stored after it is fresh, so the command runs
+    /// once however many callers found it, a caller that waited replays the new result, and
+    /// so does one that lost a race with a refresh (which deletes the old streams). If that
+    /// gives a result whose output is gone too (the same one, younger than the limit), the
+    /// command runs without the lock.
     fn output_gone(
         &self,
         entry: &DiskCacheValue<Recorded>,
         max_age: Duration,
         reload: bool,
     ) -> Result<Loaded, Failure> {
-        tracing::info!("the stored output is gone: running the command again");
-        let age = entry.age();
-        if reload && age >= MIN_RELOAD_AGE {
-            return self.load_once(age.min(max_age), false);
+        tracing::info!("the stored output is gone: loading the result again");
+        if reload {
+            let limit = entry.age().max(MIN_RELOAD_AGE).min(max_age);
+            return self.load_once(limit, false);
         }
         self.forced().map(Loaded::Done)
     }
@@ -353,7 +358,8 @@ enum Loaded {
 /// SHA-256 of a length-prefixed, tagged encoding of the scope, argv, the working directory
 /// (`--cwd`), the `--env` variables that are set (sorted by name; set-but-empty counts) and
 /// the modification times of the `--modtime` files (sorted by path; a missing file counts
-/// as missing). `v2` changes if the encoding or the stored record changes.
+/// as missing). `v2` changes if the encoding changes, or the stored record in a way older
+/// results cannot be read as (outputs in stream entries were added readably: not a change).
 fn entry_key(args: &RunArgs) -> Result<String, Failure> {
     if let Some(key) = &args.key {
         return Ok(match &args.scope {
