@@ -100,6 +100,7 @@ fn a_512_mib_output_runs_and_replays_byte_exact_under_128_mib_rss() {
     let want_err = sha256_of("seq 1 300000");
     for (what, runs) in [("run", 1), ("replay", 1)] {
         let m = measured(&sb, &args);
+        println!("{what}: peak RSS {} KiB", m.max_rss_kib); // shown with --nocapture
         assert_eq!(m.code, Some(3), "{what}: exit status");
         assert_eq!(m.stdout_sha256, want_out, "{what}: stdout differs");
         assert_eq!(m.stderr_sha256, want_err, "{what}: stderr differs");
