@@ -52,7 +52,10 @@ impl Recorded {
         let Some(stderr) = self.stderr.open(cache)? else {
             return Ok(None);
         };
-        Ok(Some(Replay { stdout, stderr }))
+        Ok(Some(Replay {
+            stdout: (stdout, self.stdout.len()),
+            stderr: (stderr, self.stderr.len()),
+        }))
     }
 }
 
@@ -69,8 +72,9 @@ pub fn delete_result(cache: &DiskCache, key: &str) -> Result<bool, dbx_concurio:
 
 /// The opened outputs of a stored result.
 pub struct Replay {
-    stdout: Box<dyn Read + Send>,
-    stderr: Box<dyn Read + Send>,
+    /// Each output and its length.
+    stdout: (Box<dyn Read + Send>, u64),
+    stderr: (Box<dyn Read + Send>, u64),
 }
 
 impl Replay {
@@ -78,8 +82,10 @@ impl Replay {
     /// A closed pipe on our side (`| head`) is not an error; damaged stored bytes are
     /// (`InvalidData`, after what was read before the damage was found).
     pub fn write(self) -> io::Result<()> {
-        output::replay(self.stdout, &mut io::stdout().lock())?;
-        output::replay(self.stderr, &mut io::stderr().lock())
+        let (stdout, len) = self.stdout;
+        output::replay(stdout, len, &mut io::stdout().lock())?;
+        let (stderr, len) = self.stderr;
+        output::replay(stderr, len, &mut io::stderr().lock())
     }
 }
 

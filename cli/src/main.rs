@@ -16,10 +16,10 @@ use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use dbx_concurio::BoxError;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, Verbosity};
 
 /// An error that ends the program: its message and the exit status (1 unless said otherwise).
 pub struct Failure {
@@ -56,8 +56,8 @@ pub type Outcome = Result<u8, Failure>;
 
 fn main() -> ExitCode {
     adopt_cli_environment();
-    let cli = Cli::parse(); // usage errors: clap's message, exit 2
-    init_logging(cli.verbose, cli.quiet);
+    let cli = Cli::parse_args(); // usage errors: clap's message, exit 2
+    init_logging(cli.verbosity);
     match try_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
@@ -71,7 +71,8 @@ fn main() -> ExitCode {
 fn try_main(cli: Cli) -> Outcome {
     // Say whom we wait for (another run of the command, another install of the tool): on a
     // terminal, or anywhere with -v; never with -q.
-    let notice = cli.quiet == 0 && (cli.verbose > 0 || std::io::stderr().is_terminal());
+    let Verbosity { verbose, quiet } = cli.verbosity;
+    let notice = quiet == 0 && (verbose > 0 || std::io::stderr().is_terminal());
     match cli.command {
         Command::Run(args) => run::run(args, notice),
         Command::Install(args) => install::install(args, notice),
@@ -111,27 +112,29 @@ fn adopt_cli_environment() {
 
 /// Logs go to stderr: warnings by default, `-v`/`-q` move the level, `CONCURIO_LOG` (an
 /// env-filter directive) applies when neither is given. No colour unless stderr is a terminal
-/// and `NO_COLOR` is unset.
-fn init_logging(verbose: u8, quiet: u8) {
+/// and `NO_COLOR` is unset. Without `CONCURIO_LOG` a plain level filter is used: building an
+/// env filter costs a cache hit more than the hit itself.
+fn init_logging(Verbosity { verbose, quiet }: Verbosity) {
+    use tracing_subscriber::filter::LevelFilter;
     let level = match (quiet, verbose) {
-        (2.., _) => "off",
-        (1, _) => "error",
-        (_, 0) => "warn",
-        (_, 1) => "info",
-        (_, 2) => "debug",
-        _ => "trace",
-    };
-    let from_env = tracing_subscriber::EnvFilter::try_from_env("CONCURIO_LOG");
-    let filter = match from_env {
-        Ok(filter) if verbose == 0 && quiet == 0 => filter,
-        _ => tracing_subscriber::EnvFilter::new(level),
+        (2.., _) => LevelFilter::OFF,
+        (1, _) => LevelFilter::ERROR,
+        (_, 0) => LevelFilter::WARN,
+        (_, 1) => LevelFilter::INFO,
+        (_, 2) => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    tracing_subscriber::fmt()
+    let logger = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_target(false)
-        .without_time()
-        .init();
+        .without_time();
+    let from_env = (verbose == 0 && quiet == 0 && std::env::var_os("CONCURIO_LOG").is_some())
+        .then(|| tracing_subscriber::EnvFilter::try_from_env("CONCURIO_LOG").ok())
+        .flatten();
+    match from_env {
+        Some(filter) => logger.with_env_filter(filter).init(),
+        None => logger.with_max_level(level).init(),
+    }
 }

@@ -44,6 +44,14 @@ impl Output {
         Output::Inline(ByteBuf::new())
     }
 
+    /// The output's length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Output::Inline(bytes) => bytes.len() as u64,
+            Output::Stream { len, .. } => *len,
+        }
+    }
+
     /// The stream entry's key, if it has one.
     pub fn stream_key(&self) -> Option<&str> {
         match self {
@@ -146,8 +154,11 @@ pub fn pass_through(from: impl Read, to: impl Write) -> io::Result<()> {
 /// Copies a stored output to `to` through a fixed buffer. A closed pipe on our side
 /// (`| head`) ends the copy without an error. An `InvalidData` error means the stored bytes
 /// are damaged.
-pub fn replay(mut from: impl Read, to: &mut impl Write) -> io::Result<()> {
-    let mut buf = vec![0u8; CHUNK];
+pub fn replay(mut from: impl Read, len: u64, to: &mut impl Write) -> io::Result<()> {
+    // No bigger than the output (+1 to see its end in one read): a cache hit of a short
+    // output does not zero a 64 KiB buffer (page faults are much of what a hit costs).
+    let size = usize::try_from(len.saturating_add(1)).map_or(CHUNK, |n| n.min(CHUNK));
+    let mut buf = vec![0u8; size];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) => break,
