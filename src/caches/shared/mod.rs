@@ -162,6 +162,10 @@ pub(crate) trait Remote: Send + Sync + std::panic::RefUnwindSafe {
     fn info(&self, pattern: &str) -> RemoteResult<SharedInfo>;
     /// Deletes the value and fences out the loaders that started before; true if it was there.
     fn invalidate(&self, keys: &Keys) -> RemoteResult<bool>;
+    /// Hands out the key's next fence token without a lease (for a `set`).
+    fn reserve(&self, keys: &Keys) -> RemoteResult<u64>;
+    /// Deletes every value whose name matches `pattern`; how many.
+    fn clear(&self, pattern: &str) -> RemoteResult<u64>;
     /// Subscribes to the key's channel: every store or release after this wakes the waiter.
     fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>>;
 }
@@ -172,8 +176,13 @@ pub(crate) trait Waiter {
     fn wait(&mut self, timeout: Duration) -> RemoteResult<bool>;
 }
 
-/// The shared tier of one cache handle.
-pub(crate) struct SharedTier {
+/// The shared tier of one cache handle (cheap to clone: a lease owns one, so it can be held
+/// across an `.await` and released on another thread).
+#[derive(Clone)]
+pub(crate) struct SharedTier(Arc<TierState>);
+
+/// What the clones of a [`SharedTier`] share.
+pub(crate) struct TierState {
     remote: Arc<dyn Remote>,
     options: SharedOptions,
     /// `<prefix>:<name>:`
@@ -209,6 +218,13 @@ pub(crate) enum Written {
     Skipped,
 }
 
+impl std::ops::Deref for SharedTier {
+    type Target = TierState;
+    fn deref(&self) -> &TierState {
+        &self.0
+    }
+}
+
 impl SharedTier {
     /// Checks the options; connects lazily (an unreachable server is an outage, not a
     /// failure to open the cache).
@@ -225,7 +241,7 @@ impl SharedTier {
         }
         let endpoint = redact(&options.url);
         let remote = connect(&options, &endpoint)?;
-        Ok(SharedTier {
+        Ok(SharedTier(Arc::new(TierState {
             remote,
             namespace: format!("{}:{name}:", options.prefix),
             options,
@@ -233,7 +249,7 @@ impl SharedTier {
             down: AtomicBool::new(false),
             retry_at: Mutex::new(None),
             counters: Counters::default(),
-        })
+        })))
     }
 
     /// The Redis names of `key`. Short keys stay readable; long keys, keys with a `}` (it
@@ -275,15 +291,50 @@ impl SharedTier {
     }
 
     /// Stores `entry` under `lease` (fenced); see [`Written`].
-    pub(crate) fn write(&self, key: &str, lease: &Lease<'_>, entry: &Entry) -> Result<Written> {
-        if entry.payload.len() as u64 > self.options.max_value {
-            self.counters.local_only.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "value of key {key:?} ({} bytes) exceeds the shared tier's limit of {} bytes; \
-                 keeping it local-only",
-                entry.payload.len(),
-                self.options.max_value
-            );
+    pub(crate) fn write(&self, key: &str, lease: &Lease, entry: &Entry) -> Result<Written> {
+        self.store_fenced(key, lease.keys(), lease.token(), lease.fence(), entry)
+    }
+
+    /// Stores `entry` under a fence token of its own, without a lease (`set`): it replaces
+    /// whatever is there (last writer wins, as in the local tier) and fences out every
+    /// loader that took its lease before, whose value is older than this one.
+    pub(crate) fn set(&self, key: &str, entry: &Entry) -> Result<Written> {
+        if self.too_big(key, entry) {
+            return Ok(Written::Skipped);
+        }
+        let keys = self.keys(key);
+        let Some(fence) = self.call(|r| r.reserve(&keys))? else {
+            return Ok(Written::Skipped);
+        };
+        // No lease token: the store script deletes a lease only if it holds our token.
+        self.store_fenced(key, &keys, "", fence, entry)
+    }
+
+    /// Whether `entry` exceeds `shared_max_value` (counted and warned about: it stays local).
+    fn too_big(&self, key: &str, entry: &Entry) -> bool {
+        if entry.payload.len() as u64 <= self.options.max_value {
+            return false;
+        }
+        self.counters.local_only.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "value of key {key:?} ({} bytes) exceeds the shared tier's limit of {} bytes; \
+             keeping it local-only",
+            entry.payload.len(),
+            self.options.max_value
+        );
+        true
+    }
+
+    /// The fenced store of a load (`token` = its lease) or a `set` (no lease).
+    fn store_fenced(
+        &self,
+        key: &str,
+        keys: &Keys,
+        token: &str,
+        fence: u64,
+        entry: &Entry,
+    ) -> Result<Written> {
+        if self.too_big(key, entry) {
             return Ok(Written::Skipped);
         }
         let ttl = match entry.expire_ns {
@@ -293,9 +344,8 @@ impl SharedTier {
                 _ => return Ok(Written::Skipped), // expired before it could be stored
             },
         };
-        let bytes = entry::encode(key, entry, lease.fence());
-        let stored =
-            self.call(|r| r.store(lease.keys(), lease.token(), lease.fence(), &bytes, ttl))?;
+        let bytes = entry::encode(key, entry, fence);
+        let stored = self.call(|r| r.store(keys, token, fence, &bytes, ttl))?;
         Ok(match stored {
             Some(true) => {
                 self.counters.stores.fetch_add(1, Ordering::Relaxed);
@@ -304,9 +354,8 @@ impl SharedTier {
             Some(false) => {
                 self.counters.fenced.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
-                    "the lease on key {key:?} passed to another loader while this one ran \
-                     (fence token {} is stale); its value was not stored in the shared tier",
-                    lease.fence()
+                    "a newer write or lease on key {key:?} came first (fence token \
+                     {fence} is stale); this value was not stored in the shared tier"
                 );
                 Written::Fenced
             }
@@ -320,10 +369,22 @@ impl SharedTier {
         Ok(self.call(|r| r.invalidate(&keys))?.unwrap_or(false))
     }
 
+    /// Deletes every entry of this cache on the server (`SCAN` + `UNLINK` in batches);
+    /// how many. Leases and fence counters stay: a loader running now is not fenced out.
+    pub(crate) fn clear(&self) -> Result<u64> {
+        let pattern = self.value_pattern();
+        Ok(self.call(|r| r.clear(&pattern))?.unwrap_or(0))
+    }
+
+    /// The `SCAN` pattern of this cache's value names: hash tags start after the
+    /// namespace; every value name ends in `}:v`.
+    fn value_pattern(&self) -> String {
+        format!("{}{{*}}:v", glob_escape(&self.namespace))
+    }
+
     /// Asks the server now (errors are not an outage here: the caller asked).
     pub(crate) fn info(&self) -> Result<SharedInfo> {
-        // Hash tags start after the namespace; every value name ends in `}:v`.
-        let pattern = format!("{}{{*}}:v", glob_escape(&self.namespace));
+        let pattern = self.value_pattern();
         let mut info = self.remote.info(&pattern).map_err(|e| Error::Shared {
             endpoint: self.endpoint.clone(),
             detail: e.to_string(),

@@ -42,6 +42,12 @@ next_fence()
 return redis.call('DEL', KEYS[1])
 ";
 
+/// Hands out the next fence token without a lease (a `set` stores under it).
+const RESERVE: &str = r"
+next_fence()
+return fence
+";
+
 /// Extends the lease if it is still ours.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -95,6 +101,7 @@ pub(crate) struct Redis {
     release: Script,
     store: Script,
     invalidate: Script,
+    reserve: Script,
 }
 
 impl Redis {
@@ -115,6 +122,7 @@ impl Redis {
             pool: Mutex::new((sys::fork_generation(), Vec::new())),
             acquire: Script::new(&with_fence(ACQUIRE)),
             invalidate: Script::new(&with_fence(INVALIDATE)),
+            reserve: Script::new(&with_fence(RESERVE)),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
             store: Script::new(STORE),
@@ -165,6 +173,49 @@ impl Redis {
             pool.1.push(con);
         }
         Ok(out)
+    }
+}
+
+/// Names per `SCAN` step (and so per pipeline of `clear`'s `UNLINK`s).
+const SCAN_BATCH: usize = 1000;
+
+/// Walks the names matching `pattern` with `SCAN`, a batch at a time.
+fn scan(
+    con: &mut Connection,
+    pattern: &str,
+    mut each: impl FnMut(&mut Connection, Vec<Vec<u8>>) -> redis::RedisResult<()>,
+) -> redis::RedisResult<()> {
+    let mut cursor = 0u64;
+    loop {
+        let (next, names): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_BATCH)
+            .query(con)?;
+        each(con, names)?;
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+impl Redis {
+    /// Runs a script that takes a fence token without a lease (its ARGV 1 and 2, the
+    /// lease's token and duration, are empty).
+    fn fence_only(&self, script: &Script, keys: &Keys) -> RemoteResult<i64> {
+        self.with(|con| {
+            script
+                .key(&keys.value)
+                .key(&keys.lease)
+                .key(&keys.fence)
+                .arg("")
+                .arg("")
+                .arg(FENCE_TTL_MS)
+                .invoke(con)
+        })
     }
 }
 
@@ -242,21 +293,10 @@ impl Remote for Redis {
     fn info(&self, pattern: &str) -> RemoteResult<SharedInfo> {
         self.with(|con| {
             let mut info = SharedInfo::default();
-            let mut cursor = 0u64;
-            loop {
-                let (next, names): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(con)?;
+            scan(con, pattern, |_, names| {
                 info.entries += names.len() as u64;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+                Ok(())
+            })?;
             let text: String = redis::cmd("INFO").arg("memory").query(con)?;
             for line in text.lines() {
                 match line.trim().split_once(':') {
@@ -271,17 +311,29 @@ impl Remote for Redis {
     }
 
     fn invalidate(&self, keys: &Keys) -> RemoteResult<bool> {
-        let deleted: i64 = self.with(|con| {
-            self.invalidate
-                .key(&keys.value)
-                .key(&keys.lease)
-                .key(&keys.fence)
-                .arg("")
-                .arg("")
-                .arg(FENCE_TTL_MS)
-                .invoke(con)
-        })?;
-        Ok(deleted == 1)
+        Ok(self.fence_only(&self.invalidate, keys)? == 1)
+    }
+
+    fn reserve(&self, keys: &Keys) -> RemoteResult<u64> {
+        Ok(u64::try_from(self.fence_only(&self.reserve, keys)?).unwrap_or(0))
+    }
+
+    fn clear(&self, pattern: &str) -> RemoteResult<u64> {
+        self.with(|con| {
+            let mut removed = 0;
+            scan(con, pattern, |con, names| {
+                // One UNLINK per key, pipelined: names of different hash slots may not
+                // share a command on a cluster node.
+                let mut pipe = redis::pipe();
+                for name in &names {
+                    pipe.cmd("UNLINK").arg(name);
+                }
+                let counts: Vec<u64> = pipe.query(con)?;
+                removed += counts.iter().sum::<u64>();
+                Ok(())
+            })?;
+            Ok(removed)
+        })
     }
 
     fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>> {
