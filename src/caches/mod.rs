@@ -321,6 +321,14 @@ impl DiskCacheBuilder {
         self
     }
 
+    /// Trusts the CA certificates in this PEM file (instead of the system's and webpki's
+    /// roots) for a `rediss://` shared tier: a private CA, a test CA. Read when the cache
+    /// is built; a missing file is an error there.
+    pub fn shared_tls_ca(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.shared_options().tls_ca = Some(pem_file.into());
+        self
+    }
+
     /// The shared options, so `shared_*` may come before or after `shared(url)`.
     fn shared_options(&mut self) -> &mut SharedOptions {
         self.shared

@@ -6,6 +6,8 @@
 //! most once a second until it answers again; or, with `shared_required`, into an error.
 //! The protocol itself is in `redis.rs` (the scripts) and `lease.rs` (claiming a key).
 
+#[cfg(feature = "shared")]
+mod connect;
 mod entry;
 mod lease;
 #[cfg(feature = "shared")]
@@ -87,6 +89,8 @@ pub(crate) struct SharedOptions {
     pub(crate) command_timeout: Duration,
     pub(crate) max_value: u64,
     pub(crate) prefix: String,
+    /// PEM file of the certificates to trust for `rediss://` instead of the system's.
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
 }
 
 impl SharedOptions {
@@ -99,6 +103,7 @@ impl SharedOptions {
             command_timeout: Duration::from_secs(2),
             max_value: 64 << 20,
             prefix: "concurio".into(),
+            tls_ca: None,
         }
     }
 }
@@ -109,6 +114,7 @@ impl fmt::Debug for SharedOptions {
             .field("url", &redact(&self.url))
             .field("lease", &self.lease)
             .field("required", &self.required)
+            .field("tls_ca", &self.tls_ca)
             .finish_non_exhaustive()
     }
 }
@@ -491,12 +497,27 @@ fn glob_escape(text: &str) -> String {
 /// The server behind the tier.
 #[cfg(feature = "shared")]
 fn connect(options: &SharedOptions, endpoint: &str) -> Result<Arc<dyn Remote>> {
-    Ok(Arc::new(redis::Redis::new(
+    let tls_ca = match &options.tls_ca {
+        None => None,
+        Some(path) if !options.url.starts_with("rediss://") => {
+            return Err(Error::InvalidInput(format!(
+                "shared_tls_ca {} is for rediss:// URLs; {endpoint} does not use TLS",
+                path.display()
+            )));
+        }
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| Error::io("read the shared tier's CA certificates", path, e))?,
+        ),
+    };
+    let at = redis::Endpoint::new(
         &options.url,
         endpoint,
+        tls_ca.as_deref(),
         options.connect_timeout,
         options.command_timeout,
-    )?))
+    )?;
+    Ok(Arc::new(redis::Redis::new(at)))
 }
 
 #[cfg(not(feature = "shared"))]

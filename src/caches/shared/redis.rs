@@ -5,10 +5,11 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::{Client, Connection, Script, Value};
+use redis::{Connection, Script, Value};
 
+pub(crate) use super::connect::Endpoint;
+use super::connect::{Con, Node};
 use super::{Acquired, Keys, Remote, RemoteResult, SharedInfo, Waiter};
-use crate::error::{Error, Result};
 use crate::sys;
 
 /// Hands out the key's next fence token into `fence`: `INCR`, floored at the server's time
@@ -90,12 +91,10 @@ const FENCE_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// The Redis side of one cache.
 pub(crate) struct Redis {
-    client: Client,
-    connect_timeout: Duration,
-    command_timeout: Duration,
+    endpoint: Endpoint,
     /// Idle connections, with the fork generation that opened them (a child must not
     /// talk on its parent's sockets).
-    pool: Mutex<(u64, Vec<Connection>)>,
+    pool: Mutex<(u64, Vec<Con>)>,
     acquire: Script,
     renew: Script,
     release: Script,
@@ -105,20 +104,10 @@ pub(crate) struct Redis {
 }
 
 impl Redis {
-    /// Checks the URL (redis:// or rediss://, user and password in it); connects lazily.
-    pub(crate) fn new(
-        url: &str,
-        shown: &str,
-        connect_timeout: Duration,
-        command_timeout: Duration,
-    ) -> Result<Self> {
-        let client = Client::open(url).map_err(|e| {
-            Error::InvalidInput(format!("shared tier URL {shown} is not usable: {e}"))
-        })?;
-        Ok(Redis {
-            client,
-            connect_timeout,
-            command_timeout,
+    /// The scripts of the protocol, for the server or cluster at `endpoint`.
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
+        Redis {
+            endpoint,
             pool: Mutex::new((sys::fork_generation(), Vec::new())),
             acquire: Script::new(&with_fence(ACQUIRE)),
             invalidate: Script::new(&with_fence(INVALIDATE)),
@@ -126,20 +115,11 @@ impl Redis {
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
             store: Script::new(STORE),
-        })
-    }
-
-    fn connect(&self) -> RemoteResult<Connection> {
-        let con = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)?;
-        con.set_read_timeout(Some(self.command_timeout))?;
-        con.set_write_timeout(Some(self.command_timeout))?;
-        Ok(con)
+        }
     }
 
     /// Runs `f` on a pooled connection; a failure drops it and every idle one.
-    fn with<R>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<R>) -> RemoteResult<R> {
+    fn with<R>(&self, f: impl FnOnce(&mut Con) -> redis::RedisResult<R>) -> RemoteResult<R> {
         let generation = sys::fork_generation();
         let pooled = {
             let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
@@ -154,7 +134,7 @@ impl Redis {
         };
         let mut con = match pooled {
             Some(con) => con,
-            None => self.connect()?,
+            None => self.endpoint.connect()?,
         };
         let out = match f(&mut con) {
             Ok(out) => out,
@@ -179,22 +159,27 @@ impl Redis {
 /// Names per `SCAN` step (and so per pipeline of `clear`'s `UNLINK`s).
 const SCAN_BATCH: usize = 1000;
 
-/// Walks the names matching `pattern` with `SCAN`, a batch at a time.
+/// Walks the names on `node` matching `pattern` with `SCAN`, a batch at a time.
 fn scan(
-    con: &mut Connection,
+    con: &mut Con,
+    node: &Node,
     pattern: &str,
-    mut each: impl FnMut(&mut Connection, Vec<Vec<u8>>) -> redis::RedisResult<()>,
+    mut each: impl FnMut(&mut Con, Vec<Vec<u8>>) -> redis::RedisResult<()>,
 ) -> redis::RedisResult<()> {
     let mut cursor = 0u64;
     loop {
-        let (next, names): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+        let step = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
             .arg(SCAN_BATCH)
-            .query(con)?;
-        each(con, names)?;
+            .clone();
+        let (next, names): (u64, Vec<Vec<u8>>) =
+            redis::from_redis_value(con.query_node(node, &step)?)?;
+        if !names.is_empty() {
+            each(con, names)?;
+        }
         if next == 0 {
             return Ok(());
         }
@@ -293,17 +278,23 @@ impl Remote for Redis {
     fn info(&self, pattern: &str) -> RemoteResult<SharedInfo> {
         self.with(|con| {
             let mut info = SharedInfo::default();
-            scan(con, pattern, |_, names| {
-                info.entries += names.len() as u64;
-                Ok(())
-            })?;
-            let text: String = redis::cmd("INFO").arg("memory").query(con)?;
-            for line in text.lines() {
-                match line.trim().split_once(':') {
-                    Some(("used_memory", v)) => info.used_memory = v.parse().unwrap_or(0),
-                    Some(("maxmemory", v)) => info.maxmemory = v.parse().unwrap_or(0),
-                    Some(("maxmemory_policy", v)) => info.maxmemory_policy = v.to_owned(),
-                    _ => {}
+            for node in con.nodes()? {
+                scan(con, &node, pattern, |_, names| {
+                    info.entries += names.len() as u64;
+                    Ok(())
+                })?;
+                let text: String = redis::from_redis_value(
+                    con.query_node(&node, redis::cmd("INFO").arg("memory"))?,
+                )?;
+                // A cluster's figures are its masters' added up.
+                for line in text.lines() {
+                    let number = |v: &str| v.parse::<u64>().unwrap_or(0);
+                    match line.trim().split_once(':') {
+                        Some(("used_memory", v)) => info.used_memory += number(v),
+                        Some(("maxmemory", v)) => info.maxmemory += number(v),
+                        Some(("maxmemory_policy", v)) => info.maxmemory_policy = v.to_owned(),
+                        _ => {}
+                    }
                 }
             }
             Ok(info)
@@ -321,24 +312,28 @@ impl Remote for Redis {
     fn clear(&self, pattern: &str) -> RemoteResult<u64> {
         self.with(|con| {
             let mut removed = 0;
-            scan(con, pattern, |con, names| {
-                // One UNLINK per key, pipelined: names of different hash slots may not
-                // share a command on a cluster node.
-                let mut pipe = redis::pipe();
-                for name in &names {
-                    pipe.cmd("UNLINK").arg(name);
-                }
-                let counts: Vec<u64> = pipe.query(con)?;
-                removed += counts.iter().sum::<u64>();
-                Ok(())
-            })?;
+            for node in con.nodes()? {
+                scan(con, &node, pattern, |con, names| {
+                    // One UNLINK per key, pipelined: names of different hash slots may not
+                    // share a command in a cluster. (A cluster connection sends the whole
+                    // pipeline to the first key's node: the node these names came from.)
+                    let mut pipe = redis::pipe();
+                    for name in &names {
+                        pipe.cmd("UNLINK").arg(name);
+                    }
+                    let counts: Vec<u64> = pipe.query(con)?;
+                    removed += counts.iter().sum::<u64>();
+                    Ok(())
+                })?;
+            }
             Ok(removed)
         })
     }
 
     fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>> {
         // A connection of its own: a subscribed connection can do nothing else.
-        let mut con = self.connect()?;
+        // (In a cluster too: a classic PUBLISH reaches the subscribers of every node.)
+        let mut con = self.endpoint.connect_seed()?;
         con.send_packed_command(
             &redis::cmd("SUBSCRIBE")
                 .arg(&keys.channel)
