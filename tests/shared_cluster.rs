@@ -5,8 +5,9 @@
 #![cfg(feature = "shared")]
 
 mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -25,20 +26,8 @@ struct Cluster {
 impl Cluster {
     /// Starts and joins the cluster, or prints why the test is skipped.
     fn start_or_skip(test: &str) -> Option<Cluster> {
-        for tool in ["redis-server", "redis-cli"] {
-            let found = Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok();
-            if !found {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {test}: {tool} is not on PATH (apt-get install -y redis-server \
-                     installs both)"
-                );
-                return None;
-            }
+        if !redis_server::installed_or_skip(test, &["redis-server", "redis-cli"]) {
+            return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = Cluster {
