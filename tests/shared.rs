@@ -137,6 +137,21 @@ fn child_main() {
             None => println!("GOT none"),
         },
         "delete" => println!("DELETED {}", cache.delete(&env("KEY")).expect("delete")),
+        // get_or_load of `key-0..key-9`, then `get` of MISSING absent keys; prints this
+        // process's shared counters.
+        "ten" => {
+            for i in 0..10 {
+                cache
+                    .get_or_load(&format!("key-{i}"), || Ok::<_, std::io::Error>(i), None)
+                    .expect("get_or_load");
+            }
+            let missing: usize = env("MISSING").parse().expect("MISSING");
+            for i in 0..missing {
+                assert_eq!(cache.get::<i32>(&format!("absent-{i}")).expect("get"), None);
+            }
+            let s = cache.stats().expect("stats").shared.expect("shared");
+            println!("STATS {} {} {} {}", s.hits, s.misses, s.stores, s.fenced);
+        }
         // `load`, from async code: the loader is a future, awaited on a tokio runtime.
         #[cfg(feature = "tokio")]
         "load_async" => {
@@ -821,4 +836,57 @@ fn async_and_sync_processes_on_two_machines_load_a_key_once() {
     let (loads, values) = race_loaders(&server, &roles);
     assert_eq!(loads.len(), 1, "loads: {loads:?}");
     assert!(values.iter().all(|v| v == &values[0]), "{values:?}");
+}
+
+#[test]
+fn fleet_counters_add_up_the_counts_of_every_process() {
+    let Some(server) =
+        RedisServer::start_or_skip("fleet_counters_add_up_the_counts_of_every_process")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ten = |machine: &str, missing: usize| {
+        let mut envs = key_env(
+            "",
+            "",
+            &tmp.path().join("unused"),
+            Duration::from_secs(5),
+            &tmp.path().join("unused"),
+        );
+        envs.push(("MISSING", missing.to_string()));
+        let child = spawn_role("ten", &tmp.path().join(machine), &server, &envs);
+        let out = finish(child, Duration::from_secs(60), "ten");
+        let numbers: Vec<u64> = said(&out, "STATS")
+            .split(' ')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        numbers
+    };
+    // Machine a loads the ten keys; machine b reads them from the shared tier and misses
+    // five others. Each process's counts reach the server when its handle is dropped.
+    let a = ten("a", 0);
+    let b = ten("b", 5);
+    assert_eq!(a, [0, 10, 10, 0], "a: hits, misses, stores, fenced");
+    assert_eq!(b, [10, 5, 0, 0], "b: hits, misses, stores, fenced");
+    let reader = machine(&tmp.path().join("c"), &server.url(), Duration::from_secs(5));
+    let fleet = reader.shared_info().unwrap().unwrap().fleet;
+    let sum = |i: usize| a[i] + b[i];
+    assert_eq!(
+        (fleet.hits, fleet.misses, fleet.stores, fleet.fenced),
+        (sum(0), sum(1), sum(2), sum(3))
+    );
+    assert_eq!(fleet.loads, 10, "machine a's ten loads");
+    // A live process's counts arrive within about a second, without a call of its own.
+    reader.get::<i32>("key-3").unwrap();
+    let start = Instant::now();
+    let probe = machine(&tmp.path().join("d"), &server.url(), Duration::from_secs(5));
+    loop {
+        let now = probe.shared_info().unwrap().unwrap().fleet;
+        if now.hits == fleet.hits + 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

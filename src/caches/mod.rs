@@ -49,7 +49,7 @@ use serde::de::DeserializeOwned;
 
 pub use iter::Iter;
 pub use open::Durability;
-pub use shared::{SharedInfo, SharedStats};
+pub use shared::{FleetStats, SharedInfo, SharedStats};
 pub use store::CheckReport;
 pub use streams::ValueReader;
 

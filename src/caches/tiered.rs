@@ -233,6 +233,7 @@ impl DiskCache {
             Claim::Unavailable => None,
         };
         self.store.count(false);
+        side.tier.count_load();
         Ok(Landed::Load(lease))
     }
 

@@ -9,6 +9,7 @@
 #[cfg(feature = "shared")]
 mod connect;
 mod entry;
+mod fleet;
 mod lease;
 #[cfg(feature = "shared")]
 mod redis;
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use fleet::FleetStats;
+use fleet::{Count, Fleet};
 pub(crate) use lease::{Claim, Lease};
 
 use crate::error::{BoxError, Error, Result};
@@ -77,6 +80,8 @@ pub struct SharedInfo {
     pub maxmemory: u64,
     /// What the server evicts when full (`maxmemory-policy`).
     pub maxmemory_policy: String,
+    /// The counters of every process and machine that uses this cache's shared tier.
+    pub fleet: FleetStats,
 }
 
 /// What the builder collected for the shared tier.
@@ -172,6 +177,10 @@ pub(crate) trait Remote: Send + Sync + std::panic::RefUnwindSafe {
     fn reserve(&self, keys: &Keys) -> RemoteResult<u64>;
     /// Deletes every value whose name matches `pattern`; how many.
     fn clear(&self, pattern: &str) -> RemoteResult<u64>;
+    /// Adds `deltas` to the fields of the hash `key` (one round trip).
+    fn add_counts(&self, key: &str, deltas: &[(&'static str, u64)]) -> RemoteResult<()>;
+    /// The fields of the hash `key`.
+    fn counts(&self, key: &str) -> RemoteResult<Vec<(String, u64)>>;
     /// Subscribes to the key's channel: every store or release after this wakes the waiter.
     fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>>;
 }
@@ -197,6 +206,20 @@ pub(crate) struct TierState {
     down: AtomicBool,
     retry_at: Mutex<Option<Instant>>,
     counters: Counters,
+    fleet: Fleet,
+}
+
+impl Drop for TierState {
+    /// Adds this process's last counts to the fleet's (unless the server is known down:
+    /// exiting should not wait for timeouts).
+    fn drop(&mut self) {
+        self.fleet.stop();
+        if !self.down.load(Ordering::Relaxed)
+            && let Err(err) = self.fleet.flush()
+        {
+            tracing::debug!("cannot add to the fleet counters: {err}");
+        }
+    }
 }
 
 #[derive(Default)]
@@ -247,9 +270,11 @@ impl SharedTier {
         }
         let endpoint = redact(&options.url);
         let remote = connect(&options, &endpoint)?;
+        let namespace = format!("{}:{name}:", options.prefix);
         Ok(SharedTier(Arc::new(TierState {
+            fleet: Fleet::new(format!("{namespace}stats"), Arc::clone(&remote)),
             remote,
-            namespace: format!("{}:{name}:", options.prefix),
+            namespace,
             options,
             endpoint,
             down: AtomicBool::new(false),
@@ -355,10 +380,12 @@ impl SharedTier {
         Ok(match stored {
             Some(true) => {
                 self.counters.stores.fetch_add(1, Ordering::Relaxed);
+                self.fleet.count(Count::Store);
                 Written::Stored
             }
             Some(false) => {
                 self.counters.fenced.fetch_add(1, Ordering::Relaxed);
+                self.fleet.count(Count::Fenced);
                 tracing::warn!(
                     "a newer write or lease on key {key:?} came first (fence token \
                      {fence} is stale); this value was not stored in the shared tier"
@@ -395,17 +422,35 @@ impl SharedTier {
             endpoint: self.endpoint.clone(),
             detail: e.to_string(),
         })?;
+        // This process's own counts first, so they are in what it reads.
+        if let Err(err) = self.fleet.flush() {
+            tracing::debug!("cannot add to the fleet counters: {err}");
+        }
+        let fields = self
+            .remote
+            .counts(&self.fleet.key)
+            .map_err(|e| Error::Shared {
+                endpoint: self.endpoint.clone(),
+                detail: e.to_string(),
+            })?;
+        info.fleet = FleetStats::from_fields(fields);
         info.endpoint = self.endpoint.clone();
         Ok(info)
     }
 
     pub(crate) fn count_hit(&self, hit: bool) {
-        let counter = if hit {
-            &self.counters.hits
+        let (counter, fleet) = if hit {
+            (&self.counters.hits, Count::Hit)
         } else {
-            &self.counters.misses
+            (&self.counters.misses, Count::Miss)
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.fleet.count(fleet);
+    }
+
+    /// A loader ran for a key of this cache (counted fleet-wide).
+    pub(crate) fn count_load(&self) {
+        self.fleet.count(Count::Load);
     }
 
     pub(crate) fn stats(&self) -> SharedStats {

@@ -330,6 +330,23 @@ impl Remote for Redis {
         })
     }
 
+    fn add_counts(&self, key: &str, deltas: &[(&'static str, u64)]) -> RemoteResult<()> {
+        self.with(|con| {
+            // One key: one slot, so the pipeline goes to one node in a cluster too.
+            let mut pipe = redis::pipe();
+            for (field, n) in deltas {
+                pipe.cmd("HINCRBY").arg(key).arg(*field).arg(*n).ignore();
+            }
+            pipe.exec(con)
+        })
+    }
+
+    fn counts(&self, key: &str) -> RemoteResult<Vec<(String, u64)>> {
+        let fields: std::collections::HashMap<String, u64> =
+            self.with(|con| redis::cmd("HGETALL").arg(key).query(con))?;
+        Ok(fields.into_iter().collect())
+    }
+
     fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>> {
         // A connection of its own: a subscribed connection can do nothing else.
         // (In a cluster too: a classic PUBLISH reaches the subscribers of every node.)
