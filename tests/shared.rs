@@ -152,6 +152,30 @@ fn child_main() {
             let s = cache.stats().expect("stats").shared.expect("shared");
             println!("STATS {} {} {} {}", s.hits, s.misses, s.stores, s.fenced);
         }
+        // Three shared misses, then a fork: the child (which inherits the uncounted three)
+        // makes no call and drops its handle, as a forked worker that exits would.
+        "fork_counts" => {
+            for i in 0..3 {
+                assert_eq!(cache.get::<i32>(&format!("gone-{i}")).expect("get"), None);
+            }
+            // SAFETY: this process is single-threaded (--test-threads=1) apart from the
+            // cache's own threads, which hold no lock the child needs at fork.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                drop(cache);
+                // SAFETY: ends the child.
+                unsafe { libc::exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for the child we forked.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "child {status}"
+            );
+            println!("FORKED ok");
+        }
         // `load`, from async code: the loader is a future, awaited on a tokio runtime.
         #[cfg(feature = "tokio")]
         "load_async" => {
@@ -889,4 +913,24 @@ fn fleet_counters_add_up_the_counts_of_every_process() {
         assert!(start.elapsed() < Duration::from_secs(10), "{now:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_forked_child_does_not_add_its_parents_counts_to_the_fleets_again() {
+    let Some(server) = RedisServer::start_or_skip(
+        "a_forked_child_does_not_add_its_parents_counts_to_the_fleets_again",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let unused = tmp.path().join("unused");
+    let envs = key_env("", "", &unused, Duration::from_secs(5), &unused);
+    let child = spawn_role("fork_counts", &tmp.path().join("m"), &server, &envs);
+    assert_eq!(
+        said(&finish(child, Duration::from_secs(60), "fork"), "FORKED"),
+        "ok"
+    );
+    let reader = machine(&tmp.path().join("r"), &server.url(), Duration::from_secs(5));
+    let fleet = reader.shared_info().unwrap().unwrap().fleet;
+    assert_eq!(fleet.misses, 3, "the parent's three, once: {fleet:?}");
 }

@@ -81,6 +81,8 @@ pub(crate) struct Fleet {
     pub(crate) key: String,
     remote: Arc<dyn Remote>,
     pending: Arc<Pending>,
+    /// The fork generation whose counts `pending` holds.
+    generation: AtomicU64,
     /// The flushing thread of this process (fork generation), started on first count.
     flusher: Mutex<Option<Flusher>>,
 }
@@ -91,6 +93,7 @@ impl Fleet {
             key,
             remote,
             pending: Arc::new(Default::default()),
+            generation: AtomicU64::new(sys::fork_generation()),
             flusher: Mutex::new(None),
         }
     }
@@ -103,7 +106,19 @@ impl Fleet {
 
     /// Adds the pending counts to the hash now.
     pub(crate) fn flush(&self) -> RemoteResult<()> {
+        self.adopt();
         flush(&*self.remote, &self.key, &self.pending)
+    }
+
+    /// In a forked child, forgets the counts inherited from the parent (the parent adds
+    /// them): a child adds only its own.
+    fn adopt(&self) {
+        let generation = sys::fork_generation();
+        if self.generation.swap(generation, Ordering::Relaxed) != generation {
+            for counter in self.pending.iter() {
+                counter.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Stops the flusher (the caller flushes the rest).
@@ -122,18 +137,15 @@ impl Fleet {
     }
 
     fn ensure_flusher(&self) {
+        self.adopt();
         let generation = sys::fork_generation();
         let mut flusher = self.flusher.lock().unwrap_or_else(PoisonError::into_inner);
         if flusher.as_ref().is_some_and(|(g, ..)| *g == generation) {
             return;
         }
         if let Some(inherited) = flusher.take() {
-            // A forked child: the parent flushes the counts it had, and its thread is not
-            // ours to join.
+            // A forked child: the parent's thread is not ours to join.
             std::mem::forget(inherited);
-            for counter in self.pending.iter() {
-                counter.store(0, Ordering::Relaxed);
-            }
         }
         let (stop, stopped) = mpsc::channel::<()>();
         let (remote, key, pending) = (
