@@ -6,8 +6,12 @@
 //!   `get_or_load` and through `get`;
 //! - local hits (`get_or_load` and `get`) with and without a shared tier configured;
 //! - `set` without and with a shared tier (two round trips: a fence token, the store);
-//! - 8 processes x 2 machines doing get_or_load over 1000 keys: throughput and loads.
+//! - 8 processes x 2 machines doing get_or_load over 1000 keys: throughput and loads;
+//! - on a 3-master cluster (when `redis-cli` is there too): a raw `GET` with redis-rs's
+//!   cluster client vs a shared hit through the detected cluster.
 
+#[path = "../tests/common/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
@@ -32,6 +36,17 @@ fn cache(dir: &Path, url: Option<&str>) -> DiskCache {
 
 fn value(size: usize) -> ByteBuf {
     ByteBuf::from(vec![7u8; size])
+}
+
+/// A raw `GET` of key `k`'s entry (of a `size`-byte value) in cache `c`, on `con`.
+fn raw_getter(con: &mut impl redis::ConnectionLike, size: usize) -> impl FnMut(&str) + '_ {
+    move |k| {
+        let bytes: Vec<u8> = redis::cmd("GET")
+            .arg(format!("concurio:c:{{{k}}}:v"))
+            .query(con)
+            .expect("GET");
+        assert!(bytes.len() > size);
+    }
 }
 
 /// The median of `times`, in µs.
@@ -73,13 +88,7 @@ fn main() {
         }
         let client = redis::Client::open(url.as_str()).expect("client");
         let mut con = client.get_connection().expect("connect");
-        let mut raw_get = |k: &str| {
-            let bytes: Vec<u8> = redis::cmd("GET")
-                .arg(format!("concurio:c:{{{k}}}:v"))
-                .query(&mut con)
-                .expect("GET");
-            assert!(bytes.len() > size);
-        };
+        let mut raw_get = raw_getter(&mut con, size);
         per_op(&keys, &mut raw_get); // warm-up: connections, server caches
         let c = cache(&tmp.path().join(format!("set{size}")), None);
         let set = per_op(&keys, |k| c.set(k, &value(size), None).expect("set"));
@@ -144,6 +153,41 @@ fn main() {
         );
     }
     fleet(&url, tmp.path());
+    cluster(tmp.path());
+}
+
+/// A shared hit through a 3-master cluster vs a raw cluster `GET` of the same bytes.
+fn cluster(tmp: &Path) {
+    let Some(cluster) = redis_cluster::Cluster::start_or_skip("benches/shared cluster") else {
+        return;
+    };
+    let size = 100;
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("k{i}")).collect();
+    let a = cache(&tmp.join("cluster-a"), Some(&cluster.url(0)));
+    for k in &keys {
+        a.set(k, &value(size), None).expect("set");
+    }
+    let client = redis::cluster::ClusterClient::new(vec![cluster.url(1)]).expect("client");
+    let mut con = client.get_connection().expect("connect");
+    let mut raw_get = raw_getter(&mut con, size);
+    per_op(&keys, &mut raw_get); // warm-up: connections to every node
+    let b = cache(&tmp.join("cluster-b"), Some(&cluster.url(2)));
+    let (mut raw, mut shared_hit) = (Vec::new(), Vec::new());
+    for k in &keys {
+        let t0 = Instant::now();
+        raw_get(k);
+        let t1 = Instant::now();
+        let v = b.get::<ByteBuf>(k).expect("get").expect("shared hit");
+        raw.push(t1 - t0);
+        shared_hit.push(t1.elapsed());
+        assert_eq!(v.value.len(), size);
+    }
+    let (raw, shared_hit) = (median_us(raw), median_us(shared_hit));
+    println!(
+        "\ncluster (3 masters), {size} B, {KEYS} keys: raw cluster GET {raw:.1} µs, shared \
+         hit (get) {shared_hit:.1} µs (medians), {:.2}x",
+        shared_hit / raw
+    );
 }
 
 /// 8 processes on each of 2 machines, all doing get_or_load over the same 1000 keys.
