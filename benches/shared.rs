@@ -2,10 +2,16 @@
 //! a free port (skipped, with the reason printed, without one). One run, printed as a table:
 //!
 //! - raw `GET` of an entry's bytes with the same client (redis-rs, one connection) vs a
-//!   shared-tier hit (a local miss: GET, verify, decode, fill the local tier);
-//! - local hits with and without a shared tier configured;
-//! - 8 processes x 2 machines doing get_or_load over 1000 keys: throughput and loads.
+//!   shared-tier hit (a local miss: GET, verify, decode, fill the local tier), through
+//!   `get_or_load` and through `get`;
+//! - local hits (`get_or_load` and `get`) with and without a shared tier configured;
+//! - `set` without and with a shared tier (two round trips: a fence token, the store);
+//! - 8 processes x 2 machines doing get_or_load over 1000 keys: throughput and loads;
+//! - on a 3-master cluster (when `redis-cli` is there too): a raw `GET` with redis-rs's
+//!   cluster client vs a shared hit through the detected cluster.
 
+#[path = "../tests/common/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
@@ -30,6 +36,17 @@ fn cache(dir: &Path, url: Option<&str>) -> DiskCache {
 
 fn value(size: usize) -> ByteBuf {
     ByteBuf::from(vec![7u8; size])
+}
+
+/// A raw `GET` of key `k`'s entry (of a `size`-byte value) in cache `c`, on `con`.
+fn raw_getter(con: &mut impl redis::ConnectionLike, size: usize) -> impl FnMut(&str) + '_ {
+    move |k| {
+        let bytes: Vec<u8> = redis::cmd("GET")
+            .arg(format!("concurio:c:{{{k}}}:v"))
+            .query(con)
+            .expect("GET");
+        assert!(bytes.len() > size);
+    }
 }
 
 /// The median of `times`, in µs.
@@ -57,9 +74,9 @@ fn main() {
     let url = server.url();
     let tmp = tempfile::tempdir().expect("tempdir");
     println!(
-        "| size | raw GET µs (median) | shared hit µs (median) | ratio | local hit µs (shared) | local hit µs (no shared) | local set µs |"
+        "| size | raw GET µs (median) | shared hit µs (median) | ratio | shared get µs (median) | local hit µs (shared) | local hit µs (no shared) | local get µs (shared) | local get µs (no shared) | set µs (local) | set µs (shared) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for size in [100, 10 << 10] {
         let keys: Vec<String> = (0..KEYS).map(|i| format!("s{size}-{i}")).collect();
         let a = cache(&tmp.path().join(format!("a{size}")), Some(&url));
@@ -71,16 +88,14 @@ fn main() {
         }
         let client = redis::Client::open(url.as_str()).expect("client");
         let mut con = client.get_connection().expect("connect");
-        let mut raw_get = |k: &str| {
-            let bytes: Vec<u8> = redis::cmd("GET")
-                .arg(format!("concurio:c:{{{k}}}:v"))
-                .query(&mut con)
-                .expect("GET");
-            assert!(bytes.len() > size);
-        };
+        let mut raw_get = raw_getter(&mut con, size);
         per_op(&keys, &mut raw_get); // warm-up: connections, server caches
         let c = cache(&tmp.path().join(format!("set{size}")), None);
         let set = per_op(&keys, |k| c.set(k, &value(size), None).expect("set"));
+        let s = cache(&tmp.path().join(format!("sset{size}")), Some(&url));
+        let set_shared = per_op(&keys, |k| {
+            s.set(&format!("set-{k}"), &value(size), None).expect("set")
+        });
         // Each key once on a fresh machine: every call is a local miss and a shared hit.
         // Timed key by key, interleaved with a raw GET of the same bytes, so both see the
         // same machine load; medians, so a preempted call does not count.
@@ -98,8 +113,22 @@ fn main() {
             assert_eq!(v.value.len(), size);
         }
         let (raw, shared_hit) = (median_us(raw), median_us(shared_hit));
-        // The local tier is filled in the background: wait until the last key is there.
-        while b.get::<ByteBuf>(&keys[KEYS - 1]).expect("get").is_none() {
+        // The same through `get` on another fresh machine.
+        let g = cache(&tmp.path().join(format!("g{size}")), Some(&url));
+        let shared_get = median_us(
+            keys.iter()
+                .map(|k| {
+                    let t0 = Instant::now();
+                    let v = g.get::<ByteBuf>(k).expect("get").expect("shared hit");
+                    let took = t0.elapsed();
+                    assert_eq!(v.value.len(), size);
+                    took
+                })
+                .collect(),
+        );
+        // The local tier is filled in the background: wait until the last key is there
+        // (`contains` looks at the local tier only).
+        while !b.contains(&keys[KEYS - 1]).expect("contains") {
             std::thread::sleep(Duration::from_millis(10));
         }
         let local_hit = |c: &DiskCache| {
@@ -110,13 +139,55 @@ fn main() {
                 assert_eq!(v.value.len(), size);
             })
         };
+        let local_get = |c: &DiskCache| {
+            per_op(&keys, |k| {
+                let v = c.get::<ByteBuf>(k).expect("get").expect("local hit");
+                assert_eq!(v.value.len(), size);
+            })
+        };
         let (with_shared, without) = (local_hit(&b), local_hit(&plain));
+        let (get_with, get_without) = (local_get(&b), local_get(&plain));
         println!(
-            "| {size} B | {raw:.1} | {shared_hit:.1} | {:.2}x | {with_shared:.2} | {without:.2} | {set:.1} |",
+            "| {size} B | {raw:.1} | {shared_hit:.1} | {:.2}x | {shared_get:.1} | {with_shared:.2} | {without:.2} | {get_with:.2} | {get_without:.2} | {set:.1} | {set_shared:.1} |",
             shared_hit / raw
         );
     }
     fleet(&url, tmp.path());
+    cluster(tmp.path());
+}
+
+/// A shared hit through a 3-master cluster vs a raw cluster `GET` of the same bytes.
+fn cluster(tmp: &Path) {
+    let Some(cluster) = redis_cluster::Cluster::start_or_skip("benches/shared cluster") else {
+        return;
+    };
+    let size = 100;
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("k{i}")).collect();
+    let a = cache(&tmp.join("cluster-a"), Some(&cluster.url(0)));
+    for k in &keys {
+        a.set(k, &value(size), None).expect("set");
+    }
+    let client = redis::cluster::ClusterClient::new(vec![cluster.url(1)]).expect("client");
+    let mut con = client.get_connection().expect("connect");
+    let mut raw_get = raw_getter(&mut con, size);
+    per_op(&keys, &mut raw_get); // warm-up: connections to every node
+    let b = cache(&tmp.join("cluster-b"), Some(&cluster.url(2)));
+    let (mut raw, mut shared_hit) = (Vec::new(), Vec::new());
+    for k in &keys {
+        let t0 = Instant::now();
+        raw_get(k);
+        let t1 = Instant::now();
+        let v = b.get::<ByteBuf>(k).expect("get").expect("shared hit");
+        raw.push(t1 - t0);
+        shared_hit.push(t1.elapsed());
+        assert_eq!(v.value.len(), size);
+    }
+    let (raw, shared_hit) = (median_us(raw), median_us(shared_hit));
+    println!(
+        "\ncluster (3 masters), {size} B, {KEYS} keys: raw cluster GET {raw:.1} µs, shared \
+         hit (get) {shared_hit:.1} µs (medians), {:.2}x",
+        shared_hit / raw
+    );
 }
 
 /// 8 processes on each of 2 machines, all doing get_or_load over the same 1000 keys.

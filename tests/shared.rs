@@ -126,6 +126,77 @@ fn child_main() {
             }
             println!("DONE");
         }
+        // The everyday calls of one machine: set, get, delete KEY.
+        "set" => cache.set(&env("KEY"), &env("VALUE"), None).expect("set"),
+        "get" => match cache.get::<String>(&env("KEY")).expect("get") {
+            Some(v) => {
+                println!("GOT {}", v.value);
+                let at = v.load_timestamp.duration_since(std::time::UNIX_EPOCH);
+                println!("AT {}", at.expect("after 1970").as_nanos());
+            }
+            None => println!("GOT none"),
+        },
+        "delete" => println!("DELETED {}", cache.delete(&env("KEY")).expect("delete")),
+        // get_or_load of `key-0..key-9`, then `get` of MISSING absent keys; prints this
+        // process's shared counters.
+        "ten" => {
+            for i in 0..10 {
+                cache
+                    .get_or_load(&format!("key-{i}"), || Ok::<_, std::io::Error>(i), None)
+                    .expect("get_or_load");
+            }
+            let missing: usize = env("MISSING").parse().expect("MISSING");
+            for i in 0..missing {
+                assert_eq!(cache.get::<i32>(&format!("absent-{i}")).expect("get"), None);
+            }
+            let s = cache.stats().expect("stats").shared.expect("shared");
+            println!("STATS {} {} {} {}", s.hits, s.misses, s.stores, s.fenced);
+        }
+        // Three shared misses, then a fork: the child (which inherits the uncounted three)
+        // makes no call and drops its handle, as a forked worker that exits would.
+        "fork_counts" => {
+            for i in 0..3 {
+                assert_eq!(cache.get::<i32>(&format!("gone-{i}")).expect("get"), None);
+            }
+            // SAFETY: this process is single-threaded (--test-threads=1) apart from the
+            // cache's own threads, which hold no lock the child needs at fork.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                drop(cache);
+                // SAFETY: ends the child.
+                unsafe { libc::exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for the child we forked.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "child {status}"
+            );
+            println!("FORKED ok");
+        }
+        // `load`, from async code: the loader is a future, awaited on a tokio runtime.
+        #[cfg(feature = "tokio")]
+        "load_async" => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let v = runtime
+                .block_on(cache.get_or_load_async(
+                    &env("KEY"),
+                    || async {
+                        append_line(&counter, &std::process::id().to_string());
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok::<_, std::io::Error>(env("VALUE"))
+                    },
+                    None,
+                ))
+                .expect("get_or_load_async");
+            println!("VALUE {}", v.value);
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -179,6 +250,28 @@ fn said(out: &Output, name: &str) -> String {
 
 // ---------------------------------------------------------------- tests
 
+/// Starts one loader per role (`load`, `load_async`), alternating between two machines,
+/// all for the same key; returns the loads they ran and the values they got.
+fn race_loaders(server: &RedisServer, roles: &[&str]) -> (Vec<String>, Vec<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let counter = tmp.path().join("loads");
+    let children: Vec<_> = roles
+        .iter()
+        .enumerate()
+        .map(|(i, role)| {
+            let dir = tmp.path().join(format!("machine{}", i % 2));
+            let lease = Duration::from_secs(5);
+            let envs = key_env("the-key", &format!("from-{i}"), &counter, lease, &counter);
+            spawn_role(role, &dir, server, &envs)
+        })
+        .collect();
+    let values = children
+        .into_iter()
+        .map(|c| said(&finish(c, Duration::from_secs(60), "loader"), "VALUE"))
+        .collect();
+    (lines(&counter), values)
+}
+
 #[test]
 fn eight_processes_on_two_machines_load_a_key_once() {
     let Some(server) =
@@ -186,21 +279,8 @@ fn eight_processes_on_two_machines_load_a_key_once() {
     else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let counter = tmp.path().join("loads");
-    let children: Vec<_> = (0..8)
-        .map(|i| {
-            let dir = tmp.path().join(format!("machine{}", i % 2));
-            let lease = Duration::from_secs(5);
-            let envs = key_env("the-key", &format!("from-{i}"), &counter, lease, &counter);
-            spawn_role("load", &dir, &server, &envs)
-        })
-        .collect();
-    let values: Vec<String> = children
-        .into_iter()
-        .map(|c| said(&finish(c, Duration::from_secs(60), "loader"), "VALUE"))
-        .collect();
-    assert_eq!(lines(&counter).len(), 1, "loads: {:?}", lines(&counter));
+    let (loads, values) = race_loaders(&server, &["load"; 8]);
+    assert_eq!(loads.len(), 1, "loads: {loads:?}");
     assert!(values.iter().all(|v| v == &values[0]), "{values:?}");
 }
 
@@ -233,16 +313,14 @@ fn a_local_miss_is_served_from_the_shared_tier_with_the_entrys_own_stamps() {
     assert_eq!((stats.hits, stats.misses), (1, 0));
     // The local tier is filled (in the background) with the same stamps; then it serves
     // with the server paused, no network call made.
+    // (`contains` looks at the local tier only; `get` would read through.)
     let start = Instant::now();
-    let local = loop {
-        if let Some(local) = b.get::<String>("k").unwrap() {
-            break local;
-        }
+    while !b.contains("k").unwrap() {
         assert!(start.elapsed() < Duration::from_secs(10), "never filled");
         std::thread::sleep(Duration::from_millis(5));
-    };
-    assert_eq!(local, loaded);
+    }
     server.pause();
+    assert_eq!(b.get::<String>("k").unwrap(), Some(loaded.clone()));
     let again = b
         .get_or_load("k", no_load, Some(Duration::from_secs(60)))
         .unwrap();
@@ -593,4 +671,266 @@ fn invalidate_reloads_everywhere_and_fences_out_a_loader_already_running() {
     let c = machine(&tmp.path().join("c"), &server.url(), lease);
     let v = c.get_or_load("j", || Ok::<_, std::io::Error>("fresh".to_string()), None);
     assert_eq!(v.unwrap().value, "fresh");
+}
+
+/// Runs `role` for `key` on machine `dir` to the end and returns what it printed: the
+/// value a `get` got (or, with `value` "AT", its load time), whether a `delete` deleted;
+/// "" for a `set` (of `value`).
+fn run_role(role: &str, dir: &Path, server: &RedisServer, key: &str, value: &str) -> String {
+    let tmp = dir.with_extension("unused");
+    let envs = key_env(key, value, &tmp, Duration::from_secs(5), &tmp);
+    let out = finish(
+        spawn_role(role, dir, server, &envs),
+        Duration::from_secs(60),
+        role,
+    );
+    match role {
+        "get" if value == "AT" => said(&out, "AT"),
+        "get" => said(&out, "GOT"),
+        "delete" => said(&out, "DELETED"),
+        _ => String::new(),
+    }
+}
+
+#[test]
+fn set_on_one_machine_is_read_by_get_on_another_with_its_own_stamps() {
+    let Some(server) = RedisServer::start_or_skip(
+        "set_on_one_machine_is_read_by_get_on_another_with_its_own_stamps",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run_role("set", &a, &server, "k", "from-a");
+    assert_eq!(run_role("get", &b, &server, "k", ""), "from-a");
+    // With the stamps machine a gave it.
+    let set_on_a = machine(&a, &server.url(), Duration::from_secs(5))
+        .get::<String>("k")
+        .unwrap()
+        .expect("a's own value");
+    assert_eq!(
+        run_role("get", &b, &server, "k", "AT"),
+        nanos(set_on_a.load_timestamp)
+    );
+    // A second set replaces it everywhere (last writer wins, as in the local tier).
+    run_role("set", &a, &server, "k", "again");
+    assert_eq!(
+        run_role("get", &tmp.path().join("c"), &server, "k", ""),
+        "again"
+    );
+    // Machine b's process filled its local tier (the handle's drop waits for the fill):
+    // with the server gone, b still reads it.
+    drop(server);
+    let local_b = DiskCache::builder()
+        .directory(&b)
+        .name("c")
+        .build()
+        .unwrap()
+        .get::<String>("k")
+        .unwrap()
+        .expect("b's local tier was filled by its get");
+    assert_eq!(local_b.value, "from-a");
+    assert_eq!(local_b.load_timestamp, set_on_a.load_timestamp);
+}
+
+fn nanos(at: std::time::SystemTime) -> String {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        .to_string()
+}
+
+#[test]
+fn delete_removes_both_tiers_and_other_machines_keep_only_a_local_copy_they_read() {
+    let Some(server) = RedisServer::start_or_skip(
+        "delete_removes_both_tiers_and_other_machines_keep_only_a_local_copy_they_read",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    run_role("set", &a, &server, "k", "v1");
+    assert_eq!(run_role("get", &b, &server, "k", ""), "v1");
+    assert_eq!(run_role("delete", &a, &server, "k", ""), "true");
+    assert_eq!(run_role("get", &a, &server, "k", ""), "none");
+    assert_eq!(
+        run_role("get", &c, &server, "k", ""),
+        "none",
+        "gone from the shared tier"
+    );
+    // The documented staleness window: machine b read the value before the delete, so
+    // its local tier serves it (without asking the server) until it expires.
+    assert_eq!(run_role("get", &b, &server, "k", ""), "v1");
+    // get_or_load anywhere else loads it again.
+    let d = machine(&tmp.path().join("d"), &server.url(), Duration::from_secs(5));
+    let v = d.get_or_load("k", || Ok::<_, std::io::Error>("v2".to_string()), None);
+    assert_eq!(v.unwrap().value, "v2");
+    assert_eq!(run_role("get", &c, &server, "k", ""), "v2");
+}
+
+#[test]
+fn a_set_fences_out_a_loader_that_started_before_it() {
+    let Some(server) =
+        RedisServer::start_or_skip("a_set_fences_out_a_loader_that_started_before_it")
+    else {
+        return;
+    };
+    let lease = Duration::from_secs(5);
+    let tmp = tempfile::tempdir().unwrap();
+    let go = tmp.path().join("go");
+    let envs = key_env("k", "loaded-before", &tmp.path().join("loads"), lease, &go);
+    let mut holder = spawn_role("hold", &tmp.path().join("h"), &server, &envs);
+    wait_for_line(&mut holder, "LOADING");
+    run_role("set", &tmp.path().join("s"), &server, "k", "set-later");
+    std::fs::write(&go, "").unwrap();
+    let out = finish(holder, Duration::from_secs(30), "holder");
+    assert_eq!(
+        said(&out, "VALUE"),
+        "loaded-before",
+        "its caller gets its value"
+    );
+    assert_eq!(said(&out, "FENCED"), "1", "but the set's value stays");
+    assert_eq!(
+        run_role("get", &tmp.path().join("r"), &server, "k", ""),
+        "set-later"
+    );
+    // Nor does the late loader's machine keep its older value locally.
+    assert_eq!(
+        run_role("get", &tmp.path().join("h"), &server, "k", ""),
+        "set-later"
+    );
+}
+
+#[test]
+fn clear_removes_the_fleets_entries_of_this_cache_and_no_other() {
+    let Some(server) =
+        RedisServer::start_or_skip("clear_removes_the_fleets_entries_of_this_cache_and_no_other")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let a = machine(&tmp.path().join("a"), &url, Duration::from_secs(5));
+    let other = DiskCache::builder()
+        .directory(tmp.path().join("o"))
+        .name("other")
+        .shared(&url)
+        .build()
+        .unwrap();
+    // More keys than one SCAN batch, and a key named like a glob pattern.
+    let n = 2500;
+    for i in 0..n {
+        a.set(&format!("key-{i}"), &i, None).unwrap();
+    }
+    a.set("*", &-1, None).unwrap();
+    other.set("key-1", &"other cache", None).unwrap();
+    assert_eq!(a.shared_info().unwrap().unwrap().entries, n + 1);
+    assert_eq!(a.clear().unwrap(), n as usize + 1);
+    assert_eq!(a.shared_info().unwrap().unwrap().entries, 0);
+    let b = machine(&tmp.path().join("b"), &url, Duration::from_secs(5));
+    assert_eq!(b.get::<i64>("key-7").unwrap(), None);
+    assert_eq!(b.get::<i64>("*").unwrap(), None);
+    assert_eq!(
+        other.get::<String>("key-1").unwrap().unwrap().value,
+        "other cache"
+    );
+    assert_eq!(other.shared_info().unwrap().unwrap().entries, 1);
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_and_sync_processes_on_two_machines_load_a_key_once() {
+    let Some(server) =
+        RedisServer::start_or_skip("async_and_sync_processes_on_two_machines_load_a_key_once")
+    else {
+        return;
+    };
+    let roles = [
+        "load",
+        "load_async",
+        "load_async",
+        "load",
+        "load_async",
+        "load_async",
+    ];
+    let (loads, values) = race_loaders(&server, &roles);
+    assert_eq!(loads.len(), 1, "loads: {loads:?}");
+    assert!(values.iter().all(|v| v == &values[0]), "{values:?}");
+}
+
+#[test]
+fn fleet_counters_add_up_the_counts_of_every_process() {
+    let Some(server) =
+        RedisServer::start_or_skip("fleet_counters_add_up_the_counts_of_every_process")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ten = |machine: &str, missing: usize| {
+        let mut envs = key_env(
+            "",
+            "",
+            &tmp.path().join("unused"),
+            Duration::from_secs(5),
+            &tmp.path().join("unused"),
+        );
+        envs.push(("MISSING", missing.to_string()));
+        let child = spawn_role("ten", &tmp.path().join(machine), &server, &envs);
+        let out = finish(child, Duration::from_secs(60), "ten");
+        let numbers: Vec<u64> = said(&out, "STATS")
+            .split(' ')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        numbers
+    };
+    // Machine a loads the ten keys; machine b reads them from the shared tier and misses
+    // five others. Each process's counts reach the server when its handle is dropped.
+    let a = ten("a", 0);
+    let b = ten("b", 5);
+    assert_eq!(a, [0, 10, 10, 0], "a: hits, misses, stores, fenced");
+    assert_eq!(b, [10, 5, 0, 0], "b: hits, misses, stores, fenced");
+    let reader = machine(&tmp.path().join("c"), &server.url(), Duration::from_secs(5));
+    let fleet = reader.shared_info().unwrap().unwrap().fleet;
+    let sum = |i: usize| a[i] + b[i];
+    assert_eq!(
+        (fleet.hits, fleet.misses, fleet.stores, fleet.fenced),
+        (sum(0), sum(1), sum(2), sum(3))
+    );
+    assert_eq!(fleet.loads, 10, "machine a's ten loads");
+    // A live process's counts arrive within about a second, without a call of its own.
+    reader.get::<i32>("key-3").unwrap();
+    let start = Instant::now();
+    let probe = machine(&tmp.path().join("d"), &server.url(), Duration::from_secs(5));
+    loop {
+        let now = probe.shared_info().unwrap().unwrap().fleet;
+        if now.hits == fleet.hits + 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_forked_child_does_not_add_its_parents_counts_to_the_fleets_again() {
+    let Some(server) = RedisServer::start_or_skip(
+        "a_forked_child_does_not_add_its_parents_counts_to_the_fleets_again",
+    ) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let unused = tmp.path().join("unused");
+    let envs = key_env("", "", &unused, Duration::from_secs(5), &unused);
+    let child = spawn_role("fork_counts", &tmp.path().join("m"), &server, &envs);
+    assert_eq!(
+        said(&finish(child, Duration::from_secs(60), "fork"), "FORKED"),
+        "ok"
+    );
+    let reader = machine(&tmp.path().join("r"), &server.url(), Duration::from_secs(5));
+    let fleet = reader.shared_info().unwrap().unwrap().fleet;
+    assert_eq!(fleet.misses, 3, "the parent's three, once: {fleet:?}");
 }

@@ -342,6 +342,13 @@ fn shared_report(cache: &DiskCache) -> Value {
             "used_memory": info.used_memory,
             "maxmemory": info.maxmemory,
             "maxmemory_policy": info.maxmemory_policy,
+            "fleet": {
+                "hits": info.fleet.hits,
+                "misses": info.fleet.misses,
+                "loads": info.fleet.loads,
+                "stores": info.fleet.stores,
+                "fenced": info.fleet.fenced,
+            },
         }),
         Err(e) => json!({ "endpoint": endpoint, "available": false, "error": e.to_string() }),
     }
@@ -361,11 +368,18 @@ fn shared_line(shared: &Value) -> String {
         Some(0) | None => "no maxmemory".into(),
         Some(_) => format!("maxmemory {}", bytes("maxmemory")),
     };
+    let fleet = |f: &str| plain(&shared["fleet"][f]);
     format!(
-        "{endpoint}: {} entries; server uses {}, {limit}, policy {}",
+        "{endpoint}: {} entries; server uses {}, {limit}, policy {}; fleet: {} hits, {} \
+         misses, {} loads, {} stores, {} fenced",
         plain(&shared["entries"]),
         bytes("used_memory"),
         plain(&shared["maxmemory_policy"]),
+        fleet("hits"),
+        fleet("misses"),
+        fleet("loads"),
+        fleet("stores"),
+        fleet("fenced"),
     )
 }
 

@@ -43,6 +43,13 @@ fn a_command_runs_once_across_two_machines_and_stats_show_both_tiers() {
     assert_eq!(stats["entries"], 1, "the local tier was filled: {stats}");
     assert_eq!(stats["shared"]["available"], true, "{stats}");
     assert_eq!(stats["shared"]["entries"], 1, "{stats}");
+    // Fleet-wide: machine 1's load (and store), machine 2's shared hit.
+    let fleet = &stats["shared"]["fleet"];
+    assert_eq!(
+        (&fleet["loads"], &fleet["stores"], &fleet["hits"]),
+        (&1.into(), &1.into(), &1.into()),
+        "{stats}"
+    );
     assert!(
         stats["shared"]["used_memory"].as_u64().unwrap() > 0,
         "{stats}"
@@ -51,6 +58,7 @@ fn a_command_runs_once_across_two_machines_and_stats_show_both_tiers() {
         "cache", "stats", "--dir", "m2", "--name", "fleet", "--shared", &url,
     ]);
     assert!(text.contains("1 entries; server uses"), "{text}");
+    assert!(text.contains("fleet: 1 hits, "), "{text}");
     let local_only = sb.json(&["cache", "stats", "--json", "--dir", "m2", "--name", "fleet"]);
     assert!(local_only["shared"].is_null(), "{local_only}");
 

@@ -69,6 +69,11 @@ impl DiskCache {
         if let Some(hit) = self.fresh(key, expire)? {
             return Ok(hit);
         }
+        if let Some(side) = &self.shared {
+            return self
+                .get_or_load_tiered_async(side, key, loader, expire)
+                .await;
+        }
         let _lock = self.lock_key_off_runtime(key).await?;
         if let Some(hit) = self.recheck_under_lock(key, expire)? {
             return Ok(hit);
@@ -101,7 +106,7 @@ impl DiskCache {
 
     /// Takes `key`'s load lock: first the key's gate among this process's tasks (async),
     /// then the sync lock on the blocking pool. The guard owns what it holds.
-    async fn lock_key_off_runtime(&self, key: &str) -> Result<AsyncKeyLock> {
+    pub(super) async fn lock_key_off_runtime(&self, key: &str) -> Result<AsyncKeyLock> {
         let gate = gate(&self.store, slot_of(key)).lock_owned().await;
         let store = Arc::clone(&self.store);
         let key = key.to_owned();
@@ -140,13 +145,13 @@ fn gate(store: &Arc<Store>, slot: u64) -> Arc<tokio::sync::Mutex<()>> {
 
 /// Both levels of an async load's lock; fields drop in order: the sync lock first, then the
 /// gate lets the next task of this process in.
-struct AsyncKeyLock {
+pub(super) struct AsyncKeyLock {
     _lock: OwnedKeyLock,
     _gate: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Runs `f` on tokio's blocking pool.
-async fn off_runtime<R: Send + 'static>(
+pub(super) async fn off_runtime<R: Send + 'static>(
     store: &Store,
     f: impl FnOnce() -> Result<R> + Send + 'static,
 ) -> Result<R> {

@@ -36,6 +36,8 @@ mod shared;
 mod store;
 mod streams;
 mod tiered;
+#[cfg(feature = "tokio")]
+mod tiered_async;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -47,7 +49,7 @@ use serde::de::DeserializeOwned;
 
 pub use iter::Iter;
 pub use open::Durability;
-pub use shared::{SharedInfo, SharedStats};
+pub use shared::{FleetStats, SharedInfo, SharedStats};
 pub use store::CheckReport;
 pub use streams::ValueReader;
 
@@ -319,6 +321,14 @@ impl DiskCacheBuilder {
         self
     }
 
+    /// Trusts the CA certificates in this PEM file (instead of the system's and webpki's
+    /// roots) for a `rediss://` shared tier: a private CA, a test CA. Read when the cache
+    /// is built; a missing file is an error there.
+    pub fn shared_tls_ca(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.shared_options().tls_ca = Some(pem_file.into());
+        self
+    }
+
     /// The shared options, so `shared_*` may come before or after `shared(url)`.
     fn shared_options(&mut self) -> &mut SharedOptions {
         self.shared
@@ -383,16 +393,23 @@ impl DiskCache {
         &self.dir
     }
 
-    /// Reads `key`. `None` if it is missing or expired. Takes no lock.
+    /// Reads `key`. `None` if it is missing or expired. Takes no lock. With a shared tier,
+    /// a local miss reads the shared tier (and fills the local one from it).
     ///
     /// Errors: [`Error::Decode`] if the value is not a `T`; [`Error::Corrupt`] if its bytes
     /// fail their checksum.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<DiskCacheValue<T>>> {
-        self.read(key, |format, payload| codec::decode(key, format, payload))
+        let local = self.read(key, |format, payload| codec::decode(key, format, payload))?;
+        match &self.shared {
+            // A local miss reads through to the shared tier (a local hit makes no call).
+            Some(side) if local.is_none() => self.get_shared(side, key),
+            _ => Ok(local),
+        }
     }
 
     /// Stores `value` under `key`, replacing any previous value; `expire` = `None` keeps it
-    /// until deleted. Readers see the old or the new value, whole.
+    /// until deleted. Readers see the old or the new value, whole. With a shared tier, the
+    /// value goes there first (a load that started before cannot overwrite it), then here.
     pub fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -400,14 +417,12 @@ impl DiskCache {
         expire: Option<Duration>,
     ) -> Result<()> {
         let payload = encode(key, value)?;
-        let now = now_ns();
+        let meta = new_meta(now_ns(), expire, &payload);
+        if let Some(side) = &self.shared {
+            return self.set_tiered(side, key, meta, payload);
+        }
         self.store
-            .put(
-                key,
-                new_meta(now, expire, &payload),
-                &payload,
-                PutMode::Replace,
-            )
+            .put(key, meta, &payload, PutMode::Replace)
             .map(drop)
     }
 
@@ -429,6 +444,9 @@ impl DiskCache {
             order_ns: now_ns(),
             payload_len: payload.len() as u64,
         };
+        if let Some(side) = &self.shared {
+            return self.set_tiered(side, key, meta, payload);
+        }
         self.store
             .put(key, meta, &payload, PutMode::Replace)
             .map(drop)
@@ -582,8 +600,12 @@ impl DiskCache {
         self.get_or_load(key, loader, self.time_to_live)
     }
 
-    /// Removes `key`; true if it was there.
+    /// Removes `key`; true if it was there. With a shared tier, from both tiers (see
+    /// [`invalidate`](Self::invalidate)).
     pub fn delete(&self, key: &str) -> Result<bool> {
+        if let Some(side) = &self.shared {
+            return self.delete_tiered(side, key);
+        }
         self.store.delete(key)
     }
 
@@ -684,8 +706,12 @@ impl DiskCache {
         Iter::new(self.clone())
     }
 
-    /// Removes every entry; returns how many there were.
+    /// Removes every entry; returns how many there were. With a shared tier, the fleet's
+    /// entries of this cache too (the count is this machine's).
     pub fn clear(&self) -> Result<usize> {
+        if let Some(side) = &self.shared {
+            return self.clear_tiered(side);
+        }
         Ok(self.store.clear()? as usize)
     }
 

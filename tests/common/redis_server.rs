@@ -7,6 +7,27 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// True if every tool runs; else prints why `test` is skipped. The reason goes straight
+/// to stderr, past the test harness's capture, so a skip is never silent.
+pub fn installed_or_skip(test: &str, tools: &[&str]) -> bool {
+    for tool in tools {
+        let runs = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok();
+        if !runs {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: {tool} is not on PATH (.ci/run installs it with \
+                 apt-get install -y redis-server)"
+            );
+            return false;
+        }
+    }
+    true
+}
+
 /// A running server (or one this test stopped or killed).
 pub struct RedisServer {
     port: u16,
@@ -18,17 +39,7 @@ impl RedisServer {
     /// `redis-server` on PATH). The reason goes straight to stderr, past the test
     /// harness's capture, so a skip is never silent.
     pub fn start_or_skip(test: &str) -> Option<Self> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: redis-server is not on PATH (.ci/run installs it with \
-                 apt-get install -y redis-server)"
-            );
+        if !installed_or_skip(test, &["redis-server"]) {
             return None;
         }
         let port = TcpListener::bind("127.0.0.1:0")

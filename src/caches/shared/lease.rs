@@ -17,9 +17,9 @@ use super::{Acquired, Entry, Keys, Remote, SharedTier, Waiter};
 use crate::error::{Error, Result};
 
 /// How a claim ended.
-pub(crate) enum Claim<'a> {
+pub(crate) enum Claim {
     /// We hold the lease: load and store.
-    Leased(Lease<'a>),
+    Leased(Lease),
     /// A valid value is there (stored by another machine, maybe while we waited).
     Landed(Entry),
     /// The server is unavailable (and not required): load locally.
@@ -27,15 +27,16 @@ pub(crate) enum Claim<'a> {
 }
 
 /// A held lease; released (compare-and-delete) when dropped unless a store consumed it.
-pub(crate) struct Lease<'a> {
-    tier: &'a SharedTier,
+/// It owns its tier (a clone), so an async load can hold it across `.await`.
+pub(crate) struct Lease {
+    tier: SharedTier,
     keys: Keys,
     token: String,
     fence: u64,
     renewer: Option<(Sender<()>, JoinHandle<()>)>,
 }
 
-impl Lease<'_> {
+impl Lease {
     pub(crate) fn fence(&self) -> u64 {
         self.fence
     }
@@ -47,7 +48,7 @@ impl Lease<'_> {
     }
 }
 
-impl Drop for Lease<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
         if let Some((stop, thread)) = self.renewer.take() {
             let _ = stop.send(());
@@ -69,7 +70,7 @@ impl SharedTier {
         key: &str,
         valid: impl Fn(&Entry) -> bool,
         deadline: Option<Instant>,
-    ) -> Result<Claim<'_>> {
+    ) -> Result<Claim> {
         let keys = self.keys(key);
         let start = Instant::now();
         let mut waiter: Option<Box<dyn Waiter>> = None;
@@ -129,7 +130,7 @@ impl SharedTier {
         token: String,
         fence: u64,
         valid: impl Fn(&Entry) -> bool,
-    ) -> Result<Claim<'_>> {
+    ) -> Result<Claim> {
         let renewer = spawn_renewer(
             Arc::clone(&self.remote),
             keys.clone(),
@@ -137,7 +138,7 @@ impl SharedTier {
             self.options.lease,
         );
         let lease = Lease {
-            tier: self,
+            tier: self.clone(),
             keys,
             token,
             fence,

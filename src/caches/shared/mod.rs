@@ -6,7 +6,10 @@
 //! most once a second until it answers again; or, with `shared_required`, into an error.
 //! The protocol itself is in `redis.rs` (the scripts) and `lease.rs` (claiming a key).
 
+#[cfg(feature = "shared")]
+mod connect;
 mod entry;
+mod fleet;
 mod lease;
 #[cfg(feature = "shared")]
 mod redis;
@@ -18,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use fleet::FleetStats;
+use fleet::{Count, Fleet};
 pub(crate) use lease::{Claim, Lease};
 
 use crate::error::{BoxError, Error, Result};
@@ -75,6 +80,8 @@ pub struct SharedInfo {
     pub maxmemory: u64,
     /// What the server evicts when full (`maxmemory-policy`).
     pub maxmemory_policy: String,
+    /// The counters of every process and machine that uses this cache's shared tier.
+    pub fleet: FleetStats,
 }
 
 /// What the builder collected for the shared tier.
@@ -87,6 +94,8 @@ pub(crate) struct SharedOptions {
     pub(crate) command_timeout: Duration,
     pub(crate) max_value: u64,
     pub(crate) prefix: String,
+    /// PEM file of the certificates to trust for `rediss://` instead of the system's.
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
 }
 
 impl SharedOptions {
@@ -99,6 +108,7 @@ impl SharedOptions {
             command_timeout: Duration::from_secs(2),
             max_value: 64 << 20,
             prefix: "concurio".into(),
+            tls_ca: None,
         }
     }
 }
@@ -109,6 +119,7 @@ impl fmt::Debug for SharedOptions {
             .field("url", &redact(&self.url))
             .field("lease", &self.lease)
             .field("required", &self.required)
+            .field("tls_ca", &self.tls_ca)
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +173,14 @@ pub(crate) trait Remote: Send + Sync + std::panic::RefUnwindSafe {
     fn info(&self, pattern: &str) -> RemoteResult<SharedInfo>;
     /// Deletes the value and fences out the loaders that started before; true if it was there.
     fn invalidate(&self, keys: &Keys) -> RemoteResult<bool>;
+    /// Hands out the key's next fence token without a lease (for a `set`).
+    fn reserve(&self, keys: &Keys) -> RemoteResult<u64>;
+    /// Deletes every value whose name matches `pattern`; how many.
+    fn clear(&self, pattern: &str) -> RemoteResult<u64>;
+    /// Adds `deltas` to the fields of the hash `key` (one round trip).
+    fn add_counts(&self, key: &str, deltas: &[(&'static str, u64)]) -> RemoteResult<()>;
+    /// The fields of the hash `key`.
+    fn counts(&self, key: &str) -> RemoteResult<Vec<(String, u64)>>;
     /// Subscribes to the key's channel: every store or release after this wakes the waiter.
     fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>>;
 }
@@ -172,8 +191,13 @@ pub(crate) trait Waiter {
     fn wait(&mut self, timeout: Duration) -> RemoteResult<bool>;
 }
 
-/// The shared tier of one cache handle.
-pub(crate) struct SharedTier {
+/// The shared tier of one cache handle (cheap to clone: a lease owns one, so it can be held
+/// across an `.await` and released on another thread).
+#[derive(Clone)]
+pub(crate) struct SharedTier(Arc<TierState>);
+
+/// What the clones of a [`SharedTier`] share.
+pub(crate) struct TierState {
     remote: Arc<dyn Remote>,
     options: SharedOptions,
     /// `<prefix>:<name>:`
@@ -182,6 +206,20 @@ pub(crate) struct SharedTier {
     down: AtomicBool,
     retry_at: Mutex<Option<Instant>>,
     counters: Counters,
+    fleet: Fleet,
+}
+
+impl Drop for TierState {
+    /// Adds this process's last counts to the fleet's (unless the server is known down:
+    /// exiting should not wait for timeouts).
+    fn drop(&mut self) {
+        self.fleet.stop();
+        if !self.down.load(Ordering::Relaxed)
+            && let Err(err) = self.fleet.flush()
+        {
+            tracing::debug!("cannot add to the fleet counters: {err}");
+        }
+    }
 }
 
 #[derive(Default)]
@@ -209,6 +247,13 @@ pub(crate) enum Written {
     Skipped,
 }
 
+impl std::ops::Deref for SharedTier {
+    type Target = TierState;
+    fn deref(&self) -> &TierState {
+        &self.0
+    }
+}
+
 impl SharedTier {
     /// Checks the options; connects lazily (an unreachable server is an outage, not a
     /// failure to open the cache).
@@ -225,15 +270,17 @@ impl SharedTier {
         }
         let endpoint = redact(&options.url);
         let remote = connect(&options, &endpoint)?;
-        Ok(SharedTier {
+        let namespace = format!("{}:{name}:", options.prefix);
+        Ok(SharedTier(Arc::new(TierState {
+            fleet: Fleet::new(format!("{namespace}stats"), Arc::clone(&remote)),
             remote,
-            namespace: format!("{}:{name}:", options.prefix),
+            namespace,
             options,
             endpoint,
             down: AtomicBool::new(false),
             retry_at: Mutex::new(None),
             counters: Counters::default(),
-        })
+        })))
     }
 
     /// The Redis names of `key`. Short keys stay readable; long keys, keys with a `}` (it
@@ -275,15 +322,50 @@ impl SharedTier {
     }
 
     /// Stores `entry` under `lease` (fenced); see [`Written`].
-    pub(crate) fn write(&self, key: &str, lease: &Lease<'_>, entry: &Entry) -> Result<Written> {
-        if entry.payload.len() as u64 > self.options.max_value {
-            self.counters.local_only.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "value of key {key:?} ({} bytes) exceeds the shared tier's limit of {} bytes; \
-                 keeping it local-only",
-                entry.payload.len(),
-                self.options.max_value
-            );
+    pub(crate) fn write(&self, key: &str, lease: &Lease, entry: &Entry) -> Result<Written> {
+        self.store_fenced(key, lease.keys(), lease.token(), lease.fence(), entry)
+    }
+
+    /// Stores `entry` under a fence token of its own, without a lease (`set`): it replaces
+    /// whatever is there (last writer wins, as in the local tier) and fences out every
+    /// loader that took its lease before, whose value is older than this one.
+    pub(crate) fn set(&self, key: &str, entry: &Entry) -> Result<Written> {
+        if self.too_big(key, entry) {
+            return Ok(Written::Skipped);
+        }
+        let keys = self.keys(key);
+        let Some(fence) = self.call(|r| r.reserve(&keys))? else {
+            return Ok(Written::Skipped);
+        };
+        // No lease token: the store script deletes a lease only if it holds our token.
+        self.store_fenced(key, &keys, "", fence, entry)
+    }
+
+    /// Whether `entry` exceeds `shared_max_value` (counted and warned about: it stays local).
+    fn too_big(&self, key: &str, entry: &Entry) -> bool {
+        if entry.payload.len() as u64 <= self.options.max_value {
+            return false;
+        }
+        self.counters.local_only.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "value of key {key:?} ({} bytes) exceeds the shared tier's limit of {} bytes; \
+             keeping it local-only",
+            entry.payload.len(),
+            self.options.max_value
+        );
+        true
+    }
+
+    /// The fenced store of a load (`token` = its lease) or a `set` (no lease).
+    fn store_fenced(
+        &self,
+        key: &str,
+        keys: &Keys,
+        token: &str,
+        fence: u64,
+        entry: &Entry,
+    ) -> Result<Written> {
+        if self.too_big(key, entry) {
             return Ok(Written::Skipped);
         }
         let ttl = match entry.expire_ns {
@@ -293,20 +375,20 @@ impl SharedTier {
                 _ => return Ok(Written::Skipped), // expired before it could be stored
             },
         };
-        let bytes = entry::encode(key, entry, lease.fence());
-        let stored =
-            self.call(|r| r.store(lease.keys(), lease.token(), lease.fence(), &bytes, ttl))?;
+        let bytes = entry::encode(key, entry, fence);
+        let stored = self.call(|r| r.store(keys, token, fence, &bytes, ttl))?;
         Ok(match stored {
             Some(true) => {
                 self.counters.stores.fetch_add(1, Ordering::Relaxed);
+                self.fleet.count(Count::Store);
                 Written::Stored
             }
             Some(false) => {
                 self.counters.fenced.fetch_add(1, Ordering::Relaxed);
+                self.fleet.count(Count::Fenced);
                 tracing::warn!(
-                    "the lease on key {key:?} passed to another loader while this one ran \
-                     (fence token {} is stale); its value was not stored in the shared tier",
-                    lease.fence()
+                    "a newer write or lease on key {key:?} came first (fence token \
+                     {fence} is stale); this value was not stored in the shared tier"
                 );
                 Written::Fenced
             }
@@ -320,25 +402,55 @@ impl SharedTier {
         Ok(self.call(|r| r.invalidate(&keys))?.unwrap_or(false))
     }
 
+    /// Deletes every entry of this cache on the server (`SCAN` + `UNLINK` in batches);
+    /// how many. Leases and fence counters stay: a loader running now is not fenced out.
+    pub(crate) fn clear(&self) -> Result<u64> {
+        let pattern = self.value_pattern();
+        Ok(self.call(|r| r.clear(&pattern))?.unwrap_or(0))
+    }
+
+    /// The `SCAN` pattern of this cache's value names: hash tags start after the
+    /// namespace; every value name ends in `}:v`.
+    fn value_pattern(&self) -> String {
+        format!("{}{{*}}:v", glob_escape(&self.namespace))
+    }
+
     /// Asks the server now (errors are not an outage here: the caller asked).
     pub(crate) fn info(&self) -> Result<SharedInfo> {
-        // Hash tags start after the namespace; every value name ends in `}:v`.
-        let pattern = format!("{}{{*}}:v", glob_escape(&self.namespace));
+        let pattern = self.value_pattern();
         let mut info = self.remote.info(&pattern).map_err(|e| Error::Shared {
             endpoint: self.endpoint.clone(),
             detail: e.to_string(),
         })?;
+        // This process's own counts first, so they are in what it reads.
+        if let Err(err) = self.fleet.flush() {
+            tracing::debug!("cannot add to the fleet counters: {err}");
+        }
+        let fields = self
+            .remote
+            .counts(&self.fleet.key)
+            .map_err(|e| Error::Shared {
+                endpoint: self.endpoint.clone(),
+                detail: e.to_string(),
+            })?;
+        info.fleet = FleetStats::from_fields(fields);
         info.endpoint = self.endpoint.clone();
         Ok(info)
     }
 
     pub(crate) fn count_hit(&self, hit: bool) {
-        let counter = if hit {
-            &self.counters.hits
+        let (counter, fleet) = if hit {
+            (&self.counters.hits, Count::Hit)
         } else {
-            &self.counters.misses
+            (&self.counters.misses, Count::Miss)
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.fleet.count(fleet);
+    }
+
+    /// A loader ran for a key of this cache (counted fleet-wide).
+    pub(crate) fn count_load(&self) {
+        self.fleet.count(Count::Load);
     }
 
     pub(crate) fn stats(&self) -> SharedStats {
@@ -430,12 +542,27 @@ fn glob_escape(text: &str) -> String {
 /// The server behind the tier.
 #[cfg(feature = "shared")]
 fn connect(options: &SharedOptions, endpoint: &str) -> Result<Arc<dyn Remote>> {
-    Ok(Arc::new(redis::Redis::new(
+    let tls_ca = match &options.tls_ca {
+        None => None,
+        Some(path) if !options.url.starts_with("rediss://") => {
+            return Err(Error::InvalidInput(format!(
+                "shared_tls_ca {} is for rediss:// URLs; {endpoint} does not use TLS",
+                path.display()
+            )));
+        }
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| Error::io("read the shared tier's CA certificates", path, e))?,
+        ),
+    };
+    let at = redis::Endpoint::new(
         &options.url,
         endpoint,
+        tls_ca.as_deref(),
         options.connect_timeout,
         options.command_timeout,
-    )?))
+    )?;
+    Ok(Arc::new(redis::Redis::new(at)))
 }
 
 #[cfg(not(feature = "shared"))]

@@ -5,10 +5,11 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::{Client, Connection, Script, Value};
+use redis::{Connection, Script, Value};
 
+pub(crate) use super::connect::Endpoint;
+use super::connect::{Con, Node};
 use super::{Acquired, Keys, Remote, RemoteResult, SharedInfo, Waiter};
-use crate::error::{Error, Result};
 use crate::sys;
 
 /// Hands out the key's next fence token into `fence`: `INCR`, floored at the server's time
@@ -40,6 +41,12 @@ return {0, redis.call('PTTL', KEYS[2])}
 const INVALIDATE: &str = r"
 next_fence()
 return redis.call('DEL', KEYS[1])
+";
+
+/// Hands out the next fence token without a lease (a `set` stores under it).
+const RESERVE: &str = r"
+next_fence()
+return fence
 ";
 
 /// Extends the lease if it is still ours.
@@ -84,54 +91,35 @@ const FENCE_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// The Redis side of one cache.
 pub(crate) struct Redis {
-    client: Client,
-    connect_timeout: Duration,
-    command_timeout: Duration,
+    endpoint: Endpoint,
     /// Idle connections, with the fork generation that opened them (a child must not
     /// talk on its parent's sockets).
-    pool: Mutex<(u64, Vec<Connection>)>,
+    pool: Mutex<(u64, Vec<Con>)>,
     acquire: Script,
     renew: Script,
     release: Script,
     store: Script,
     invalidate: Script,
+    reserve: Script,
 }
 
 impl Redis {
-    /// Checks the URL (redis:// or rediss://, user and password in it); connects lazily.
-    pub(crate) fn new(
-        url: &str,
-        shown: &str,
-        connect_timeout: Duration,
-        command_timeout: Duration,
-    ) -> Result<Self> {
-        let client = Client::open(url).map_err(|e| {
-            Error::InvalidInput(format!("shared tier URL {shown} is not usable: {e}"))
-        })?;
-        Ok(Redis {
-            client,
-            connect_timeout,
-            command_timeout,
+    /// The scripts of the protocol, for the server or cluster at `endpoint`.
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
+        Redis {
+            endpoint,
             pool: Mutex::new((sys::fork_generation(), Vec::new())),
             acquire: Script::new(&with_fence(ACQUIRE)),
             invalidate: Script::new(&with_fence(INVALIDATE)),
+            reserve: Script::new(&with_fence(RESERVE)),
             renew: Script::new(RENEW),
             release: Script::new(RELEASE),
             store: Script::new(STORE),
-        })
-    }
-
-    fn connect(&self) -> RemoteResult<Connection> {
-        let con = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)?;
-        con.set_read_timeout(Some(self.command_timeout))?;
-        con.set_write_timeout(Some(self.command_timeout))?;
-        Ok(con)
+        }
     }
 
     /// Runs `f` on a pooled connection; a failure drops it and every idle one.
-    fn with<R>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<R>) -> RemoteResult<R> {
+    fn with<R>(&self, f: impl FnOnce(&mut Con) -> redis::RedisResult<R>) -> RemoteResult<R> {
         let generation = sys::fork_generation();
         let pooled = {
             let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
@@ -146,7 +134,7 @@ impl Redis {
         };
         let mut con = match pooled {
             Some(con) => con,
-            None => self.connect()?,
+            None => self.endpoint.connect()?,
         };
         let out = match f(&mut con) {
             Ok(out) => out,
@@ -165,6 +153,54 @@ impl Redis {
             pool.1.push(con);
         }
         Ok(out)
+    }
+}
+
+/// Names per `SCAN` step (and so per pipeline of `clear`'s `UNLINK`s).
+const SCAN_BATCH: usize = 1000;
+
+/// Walks the names on `node` matching `pattern` with `SCAN`, a batch at a time.
+fn scan(
+    con: &mut Con,
+    node: &Node,
+    pattern: &str,
+    mut each: impl FnMut(&mut Con, Vec<Vec<u8>>) -> redis::RedisResult<()>,
+) -> redis::RedisResult<()> {
+    let mut cursor = 0u64;
+    loop {
+        let step = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_BATCH)
+            .clone();
+        let (next, names): (u64, Vec<Vec<u8>>) =
+            redis::from_redis_value(con.query_node(node, &step)?)?;
+        if !names.is_empty() {
+            each(con, names)?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+impl Redis {
+    /// Runs a script that takes a fence token without a lease (its ARGV 1 and 2, the
+    /// lease's token and duration, are empty).
+    fn fence_only(&self, script: &Script, keys: &Keys) -> RemoteResult<i64> {
+        self.with(|con| {
+            script
+                .key(&keys.value)
+                .key(&keys.lease)
+                .key(&keys.fence)
+                .arg("")
+                .arg("")
+                .arg(FENCE_TTL_MS)
+                .invoke(con)
+        })
     }
 }
 
@@ -242,28 +278,23 @@ impl Remote for Redis {
     fn info(&self, pattern: &str) -> RemoteResult<SharedInfo> {
         self.with(|con| {
             let mut info = SharedInfo::default();
-            let mut cursor = 0u64;
-            loop {
-                let (next, names): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(con)?;
-                info.entries += names.len() as u64;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            let text: String = redis::cmd("INFO").arg("memory").query(con)?;
-            for line in text.lines() {
-                match line.trim().split_once(':') {
-                    Some(("used_memory", v)) => info.used_memory = v.parse().unwrap_or(0),
-                    Some(("maxmemory", v)) => info.maxmemory = v.parse().unwrap_or(0),
-                    Some(("maxmemory_policy", v)) => info.maxmemory_policy = v.to_owned(),
-                    _ => {}
+            for node in con.nodes()? {
+                scan(con, &node, pattern, |_, names| {
+                    info.entries += names.len() as u64;
+                    Ok(())
+                })?;
+                let text: String = redis::from_redis_value(
+                    con.query_node(&node, redis::cmd("INFO").arg("memory"))?,
+                )?;
+                // A cluster's figures are its masters' added up.
+                for line in text.lines() {
+                    let number = |v: &str| v.parse::<u64>().unwrap_or(0);
+                    match line.trim().split_once(':') {
+                        Some(("used_memory", v)) => info.used_memory += number(v),
+                        Some(("maxmemory", v)) => info.maxmemory += number(v),
+                        Some(("maxmemory_policy", v)) => info.maxmemory_policy = v.to_owned(),
+                        _ => {}
+                    }
                 }
             }
             Ok(info)
@@ -271,22 +302,55 @@ impl Remote for Redis {
     }
 
     fn invalidate(&self, keys: &Keys) -> RemoteResult<bool> {
-        let deleted: i64 = self.with(|con| {
-            self.invalidate
-                .key(&keys.value)
-                .key(&keys.lease)
-                .key(&keys.fence)
-                .arg("")
-                .arg("")
-                .arg(FENCE_TTL_MS)
-                .invoke(con)
-        })?;
-        Ok(deleted == 1)
+        Ok(self.fence_only(&self.invalidate, keys)? == 1)
+    }
+
+    fn reserve(&self, keys: &Keys) -> RemoteResult<u64> {
+        Ok(u64::try_from(self.fence_only(&self.reserve, keys)?).unwrap_or(0))
+    }
+
+    fn clear(&self, pattern: &str) -> RemoteResult<u64> {
+        self.with(|con| {
+            let mut removed = 0;
+            for node in con.nodes()? {
+                scan(con, &node, pattern, |con, names| {
+                    // One UNLINK per key, pipelined: names of different hash slots may not
+                    // share a command in a cluster. (A cluster connection sends the whole
+                    // pipeline to the first key's node: the node these names came from.)
+                    let mut pipe = redis::pipe();
+                    for name in &names {
+                        pipe.cmd("UNLINK").arg(name);
+                    }
+                    let counts: Vec<u64> = pipe.query(con)?;
+                    removed += counts.iter().sum::<u64>();
+                    Ok(())
+                })?;
+            }
+            Ok(removed)
+        })
+    }
+
+    fn add_counts(&self, key: &str, deltas: &[(&'static str, u64)]) -> RemoteResult<()> {
+        self.with(|con| {
+            // One key: one slot, so the pipeline goes to one node in a cluster too.
+            let mut pipe = redis::pipe();
+            for (field, n) in deltas {
+                pipe.cmd("HINCRBY").arg(key).arg(*field).arg(*n).ignore();
+            }
+            pipe.exec(con)
+        })
+    }
+
+    fn counts(&self, key: &str) -> RemoteResult<Vec<(String, u64)>> {
+        let fields: std::collections::HashMap<String, u64> =
+            self.with(|con| redis::cmd("HGETALL").arg(key).query(con))?;
+        Ok(fields.into_iter().collect())
     }
 
     fn subscribe(&self, keys: &Keys) -> RemoteResult<Box<dyn Waiter>> {
         // A connection of its own: a subscribed connection can do nothing else.
-        let mut con = self.connect()?;
+        // (In a cluster too: a classic PUBLISH reaches the subscribers of every node.)
+        let mut con = self.endpoint.connect_seed()?;
         con.send_packed_command(
             &redis::cmd("SUBSCRIBE")
                 .arg(&keys.channel)
