@@ -464,17 +464,21 @@ mod tests {
     /// The `run`-only parser reads every `run` command line exactly as the full one does.
     #[test]
     fn the_run_only_parser_agrees_with_the_full_parser() {
-        let lines: &[&[&str]] = &[
-            &["run", "--", "echo", "hi"],
-            &["run", "-v", "--ttl", "10m", "--stale", "10s", "--", "./report", "-x"],
-            &["run", "-qq", "--key", "k", "--scope", "s", "--discard-failures", "--", "true"],
-            &["run", "--cwd", "--env", "HOME", "--modtime", "/etc/hostname", "--", "ls"],
-            &["run", "--dir", "/tmp/c", "--name", "n", "--size-limit", "2G", "--", "date"],
-            &["run", "--force", "--stdin", "--keep", "2d", "--", "sort"],
-            &["run", "--warm", "--uncached-fallback", "--", "sh", "-c", "echo $$"],
+        // Whitespace-separated (the last one's command is `sh -c "echo $$"`).
+        let lines = [
+            "run -- echo hi",
+            "run -v --ttl 10m --stale 10s -- ./report -x",
+            "run -qq --key k --scope s --discard-failures -- true",
+            "run --cwd --env HOME --modtime /etc/hostname -- ls",
+            "run --dir /tmp/c --name n --size-limit 2G -- date",
+            "run --force --stdin --keep 2d -- sort",
+            "run --warm --uncached-fallback -- sh -c",
         ];
         for line in lines {
-            let args = argv(line);
+            let mut args = argv(&line.split(' ').collect::<Vec<_>>());
+            if line.ends_with("-c") {
+                args.push("echo $$".into());
+            }
             let fast = parse_run_only(&args).map(|cli| format!("{cli:?}"));
             let full = match Cli::try_parse_from(&args) {
                 Ok(cli) => format!("{cli:?}"),
