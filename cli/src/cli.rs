@@ -137,6 +137,11 @@ pub struct CacheLocation {
         hide_env_values = true
     )]
     pub shared: Option<String>,
+    /// Trust the CA certificates in this PEM file for a rediss:// --shared URL (a private
+    /// CA) instead of the system's roots; ignored without --shared. Default:
+    /// $CONCURIO_SHARED_TLS_CA.
+    #[arg(long, value_name = "PEM", env = "CONCURIO_SHARED_TLS_CA")]
+    pub shared_tls_ca: Option<PathBuf>,
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -441,6 +446,12 @@ impl CacheLocation {
         };
         let builder = match &self.shared {
             Some(url) if !url.is_empty() => builder.shared(url.as_str()),
+            _ => builder,
+        };
+        let builder = match &self.shared_tls_ca {
+            Some(pem) if self.shared.as_ref().is_some_and(|url| !url.is_empty()) => {
+                builder.shared_tls_ca(pem)
+            }
             _ => builder,
         };
         match &self.name {

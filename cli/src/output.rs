@@ -21,6 +21,12 @@ use serde_bytes::ByteBuf;
 /// outputs fit, and then a run costs one write, as before streams.
 pub const INLINE_MAX: usize = 64 * 1024;
 
+/// The longest output kept inline when the cache has a shared tier: stream entries are
+/// local-only, and a result is shared with other machines only with its outputs inline.
+/// Two outputs of this size stay well under the shared tier's default value limit (64 MiB)
+/// and a run under 128 MiB of memory (held, encoded, sent).
+pub const SHARED_INLINE_MAX: usize = 8 * 1024 * 1024;
+
 /// Bytes per read and write when passing an output through (a fixed buffer).
 const CHUNK: usize = 64 * 1024;
 
@@ -94,6 +100,7 @@ pub struct Streams<'a> {
     cache: &'a DiskCache,
     run_id: String,
     expire: Option<Duration>,
+    inline_max: usize,
 }
 
 /// What capturing one pipe gave.
@@ -110,6 +117,15 @@ impl<'a> Streams<'a> {
             cache,
             run_id: run_id(),
             expire,
+            inline_max: INLINE_MAX,
+        }
+    }
+
+    /// Keeps outputs up to `bytes` long inline (instead of [`INLINE_MAX`]).
+    pub fn inline_up_to(self, bytes: usize) -> Self {
+        Streams {
+            inline_max: bytes,
+            ..self
         }
     }
 
@@ -119,7 +135,7 @@ impl<'a> Streams<'a> {
     }
 
     /// Reads `from` to its end, writing each chunk to `to` as it arrives (live output) and
-    /// keeping the bytes: inline if they fit in [`INLINE_MAX`], else in the stream entry
+    /// keeping the bytes: inline if they fit in the inline limit, else in the stream entry
     /// `name` of this run. Writing to `to` may fail (a closed pipe): the output is still
     /// read and kept. Storing may fail: the output is still passed through to the end (the
     /// command must not block on a full pipe), then that failure is returned.
@@ -127,9 +143,9 @@ impl<'a> Streams<'a> {
         let mut tee = Tee::new(from, to);
         let mut head = Vec::new();
         (&mut tee)
-            .take(INLINE_MAX as u64 + 1)
+            .take(self.inline_max as u64 + 1)
             .read_to_end(&mut head)?;
-        if head.len() <= INLINE_MAX {
+        if head.len() <= self.inline_max {
             return Ok(Captured::Kept(Output::Inline(ByteBuf::from(head))));
         }
         let key = format!("{STREAM_PREFIX}{}:{name}", self.run_id);

@@ -28,7 +28,7 @@ use crate::capture::{Recorded, Replay, RunError, run_streaming, warn_not_stored}
 use crate::cli::RunArgs;
 use crate::duration;
 use crate::holder::{self, HolderNote};
-use crate::output::{self, Streams};
+use crate::output::{self, SHARED_INLINE_MAX, Streams};
 use crate::{Failure, Outcome};
 
 /// The shortest time a result stays on disk (see the module docs).
@@ -186,8 +186,14 @@ impl Run<'_> {
     }
 
     /// Where this run's outputs go: stream entries kept as long as the result.
+    /// With a shared tier, outputs up to [`SHARED_INLINE_MAX`] stay inline so that other
+    /// machines replay them instead of running the command again.
     fn streams(&self) -> Streams<'_> {
-        Streams::new(self.cache, Some(keep_for(self.args)))
+        let streams = Streams::new(self.cache, Some(keep_for(self.args)));
+        match self.args.location.shared {
+            Some(_) => streams.inline_up_to(SHARED_INLINE_MAX),
+            None => streams,
+        }
     }
 
     /// The result stored now, if there is one we can read.
