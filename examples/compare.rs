@@ -245,10 +245,13 @@ fn core_child(dir: &Path, seed: u64) -> Res<()> {
 
 /// The engine's floor beside our hit and set paths and two Rust peers, all in one run, on
 /// 1 000 keys of 100 bytes (the same bytes everywhere):
-/// - floors: raw LMDB (heed) read with a fresh `MDB_NOTLS` read transaction, as ours, and
+/// - floors: raw LMDB (heed) read with a fresh `MDB_NOTLS` read transaction, as ours, that
+///   copies the 100 bytes into a `Vec` (as a `get` that returns owned bytes must), and
 ///   put+commit (`NO_SYNC`) with and without `MDB_WRITEMAP` (the cache opens without it, see
-///   docs/design.md); for reference, the raw read from a named database, as our index is;
-/// - ours: `get` as `Vec<u8>` and as `String`, `get_bytes`, `with_bytes`, a `get_or_load`
+///   docs/design.md); for reference, the raw read without the copy, and from a named
+///   database, as our index is;
+/// - ours: one cache per kind of value, each holding the same 1 000 keys as the floor;
+///   `get` as `Vec<u8>` and as `String`, `get_bytes`, `with_bytes`, a `get_or_load`
 ///   hit, `set` of a `Vec<u8>` and a `String`, `set_bytes` (`Durability::Fast`);
 /// - peers: redb 2 (a read transaction per get; insert+commit with `Durability::None`, no
 ///   fsync like the others) and cacache 13 (sync API: `read_sync`, `write_sync`).
@@ -260,8 +263,6 @@ fn core_child(dir: &Path, seed: u64) -> Res<()> {
 fn engine() -> Res<()> {
     const ROUNDS: usize = 10;
     let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
-    let texts: Vec<String> = keys.iter().map(|k| format!("s-{k}")).collect();
-    let raws: Vec<String> = keys.iter().map(|k| format!("r-{k}")).collect();
     let bytes = vec![7u8; 100];
     let text = "v".repeat(100);
     let tmp = tempfile::tempdir()?;
@@ -292,11 +293,15 @@ fn engine() -> Res<()> {
     )?;
     let (named, named_db) = raw_env("raw-named", heed::EnvFlags::NO_SYNC, Some("entries"))?;
 
+    // One cache per kind of value, each with the floor's 1 000 keys: one cache holding all
+    // three would give our B-tree three times the floor's entries (and working set).
     let cache = open(&tmp.path().join("ours"))?;
-    for i in 0..1000 {
-        cache.set(&keys[i], &bytes, None)?;
-        cache.set(&texts[i], &text, None)?;
-        cache.set_bytes(&raws[i], &bytes, None)?;
+    let texts_cache = open(&tmp.path().join("ours-text"))?;
+    let raw_cache = open(&tmp.path().join("ours-raw"))?;
+    for k in &keys {
+        cache.set(k, &bytes, None)?;
+        texts_cache.set(k, &text, None)?;
+        raw_cache.set_bytes(k, &bytes, None)?;
     }
     const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("t");
     let redb = redb::Database::create(tmp.path().join("redb"))?;
@@ -317,10 +322,22 @@ fn engine() -> Res<()> {
 
     // (name, batch size, batches per round, one operation on key index i)
     type Bench<'a> = (&'static str, usize, usize, Box<dyn FnMut(usize) + 'a>);
-    fn raw_get<'a>(env: &'a RawEnv, db: Db, keys: &'a [String]) -> impl FnMut(usize) + 'a {
+    // The floor copies the bytes out into a `Vec`, as a `get` returning owned bytes must;
+    // `copy: false` is LMDB's borrowed slice alone, for reference.
+    fn raw_get<'a>(
+        env: &'a RawEnv,
+        db: Db,
+        keys: &'a [String],
+        copy: bool,
+    ) -> impl FnMut(usize) + 'a {
         move |i: usize| {
             let txn = env.read_txn().expect("txn");
-            std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
+            let got = db.get(&txn, &keys[i % 1000]).expect("get");
+            if copy {
+                std::hint::black_box(got.map(<[u8]>::to_vec));
+            } else {
+                std::hint::black_box(got);
+            }
         }
     }
     fn raw_put<'a>(env: &'a RawEnv, db: Db, keys: &'a [String]) -> impl FnMut(usize) + 'a {
@@ -335,13 +352,19 @@ fn engine() -> Res<()> {
             "lmdb_raw_get_notls",
             1000,
             20,
-            Box::new(raw_get(&plain, plain_db, &keys)),
+            Box::new(raw_get(&plain, plain_db, &keys, true)),
+        ),
+        (
+            "lmdb_raw_get_notls_no_copy",
+            1000,
+            20,
+            Box::new(raw_get(&plain, plain_db, &keys, false)),
         ),
         (
             "lmdb_raw_get_notls_named_db",
             1000,
             20,
-            Box::new(raw_get(&named, named_db, &keys)),
+            Box::new(raw_get(&named, named_db, &keys, true)),
         ),
         (
             "ours_get_vec",
@@ -356,7 +379,7 @@ fn engine() -> Res<()> {
             1000,
             20,
             Box::new(|i| {
-                std::hint::black_box(cache.get::<String>(&texts[i % 1000]).expect("get"));
+                std::hint::black_box(texts_cache.get::<String>(&keys[i % 1000]).expect("get"));
             }),
         ),
         (
@@ -364,7 +387,7 @@ fn engine() -> Res<()> {
             1000,
             20,
             Box::new(|i| {
-                std::hint::black_box(cache.get_bytes(&raws[i % 1000]).expect("get"));
+                std::hint::black_box(raw_cache.get_bytes(&keys[i % 1000]).expect("get"));
             }),
         ),
         (
@@ -372,7 +395,11 @@ fn engine() -> Res<()> {
             1000,
             20,
             Box::new(|i| {
-                std::hint::black_box(cache.with_bytes(&raws[i % 1000], |b| b[0]).expect("get"));
+                std::hint::black_box(
+                    raw_cache
+                        .with_bytes(&keys[i % 1000], |b| b[0])
+                        .expect("get"),
+                );
             }),
         ),
         (
@@ -432,7 +459,7 @@ fn engine() -> Res<()> {
             200,
             10,
             Box::new(|i| {
-                cache.set(&texts[i % 1000], &text, None).expect("set");
+                texts_cache.set(&keys[i % 1000], &text, None).expect("set");
             }),
         ),
         (
@@ -440,7 +467,9 @@ fn engine() -> Res<()> {
             200,
             10,
             Box::new(|i| {
-                cache.set_bytes(&raws[i % 1000], &bytes, None).expect("set");
+                raw_cache
+                    .set_bytes(&keys[i % 1000], &bytes, None)
+                    .expect("set");
             }),
         ),
         (
