@@ -54,6 +54,7 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
+        ["hits", kind, n] => hits(kind, n.parse()?),
         ["core", procs] => core(procs.parse()?),
         [] => {
             headline()?;
@@ -62,7 +63,10 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
-        _ => Err("usage: compare [extras | engine | core PROCESSES | sets N | gets N]".into()),
+        _ => Err(
+            "usage: compare [extras | engine | core PROCESSES | sets N | gets N | hits KIND N]"
+                .into(),
+        ),
     }
 }
 
@@ -532,6 +536,61 @@ fn engine() -> Res<()> {
         };
         for floor in floors {
             emit(name, &format!("x_{floor}"), us / of(floor));
+        }
+    }
+    Ok(())
+}
+
+/// For profiles and instruction counts (`perf stat`, `perf record`): `n` hits of one kind
+/// on 1 000 keys of 100 bytes, as in `engine`: `raw` (the floor: heed read, copied into a
+/// `Vec`), `named` (the same from a named database), `vec`, `string`, `bytes`, `gol`.
+fn hits(kind: &str, n: usize) -> Res<()> {
+    let tmp = tempfile::tempdir()?;
+    let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
+    let bytes = vec![7u8; 100];
+    if let "raw" | "named" = kind {
+        let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(1 << 30).max_dbs(4);
+        // SAFETY: valid flags; a fresh directory opened once.
+        unsafe { options.flags(heed::EnvFlags::NO_SYNC) };
+        let env = unsafe { options.open(tmp.path())? };
+        let mut wtxn = env.write_txn()?;
+        let name = (kind == "named").then_some("entries");
+        let db: heed::Database<heed::types::Str, heed::types::Bytes> =
+            env.create_database(&mut wtxn, name)?;
+        for k in &keys {
+            db.put(&mut wtxn, k, &bytes)?;
+        }
+        wtxn.commit()?;
+        for i in 0..n {
+            let got = {
+                let txn = env.read_txn()?;
+                db.get(&txn, &keys[i % 1000])?.map(<[u8]>::to_vec)
+            };
+            std::hint::black_box(got);
+        }
+        return Ok(());
+    }
+    let cache = open(tmp.path())?;
+    for k in &keys {
+        match kind {
+            "string" => cache.set(k, &"v".repeat(100), None)?,
+            "bytes" => cache.set_bytes(k, &bytes, None)?,
+            _ => cache.set(k, &bytes, None)?,
+        }
+    }
+    for i in 0..n {
+        let key = &keys[i % 1000];
+        match kind {
+            "vec" => drop(std::hint::black_box(cache.get::<Vec<u8>>(key)?)),
+            "string" => drop(std::hint::black_box(cache.get::<String>(key)?)),
+            "bytes" => drop(std::hint::black_box(cache.get_bytes(key)?)),
+            "gol" => drop(std::hint::black_box(cache.get_or_load(
+                key,
+                || Ok::<_, std::io::Error>(Vec::<u8>::new()),
+                None,
+            )?)),
+            _ => return Err(format!("unknown kind {kind}").into()),
         }
     }
     Ok(())
