@@ -260,10 +260,10 @@ fn core_child(dir: &Path, seed: u64) -> Res<()> {
 /// - peers: redb 2 (a read transaction per get; insert+commit with `Durability::None`, no
 ///   fsync like the others) and cacache 13 (sync API: `read_sync`, `write_sync`).
 ///
-/// Every benchmark runs a few batches in each of 10 rounds, interleaved, so the machine's
-/// noise (other processes) falls on all of them alike; each prints the median of its
-/// per-batch means (µs/op), then its ratio to its floor (gets to the raw read, sets to both
-/// raw put+commit floors). `ENGINE=1 bench/compare.sh` runs this 3 times and tables it.
+/// Every benchmark runs a few batches in each of 10 rounds, interleaved (each round in an
+/// order rotated from the last), so the machine's noise (other processes) falls on all of
+/// them alike; each prints the median of its per-batch means (µs/op), then its ratio to its
+/// floor (gets to the raw read, sets to both raw put+commit floors). `ENGINE=1 bench/compare.sh` runs this 3 times and tables it.
 fn engine() -> Res<()> {
     const ROUNDS: usize = 10;
     let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
@@ -337,11 +337,16 @@ fn engine() -> Res<()> {
         move |i: usize| {
             let txn = env.read_txn().expect("txn");
             let got = db.get(&txn, &keys[i % 1000]).expect("get");
-            if copy {
-                std::hint::black_box(got.map(<[u8]>::to_vec));
-            } else {
+            if !copy {
                 std::hint::black_box(got);
+                return;
             }
+            // As a `get` returning the bytes: the transaction ends (and LMDB frees it)
+            // before the caller drops the copy; the order of the two frees changes malloc's
+            // work (it is part of what a get costs).
+            let got = got.map(<[u8]>::to_vec);
+            drop(txn);
+            std::hint::black_box(got);
         }
     }
     fn raw_put<'a>(env: &'a RawEnv, db: Db, keys: &'a [String]) -> impl FnMut(usize) + 'a {
@@ -502,8 +507,13 @@ fn engine() -> Res<()> {
         ),
     ];
     let mut means: Vec<Vec<f64>> = vec![Vec::new(); benches.len()];
-    for _ in 0..ROUNDS {
-        for ((_, batch, batches, op), out) in benches.iter_mut().zip(&mut means) {
+    // Each round starts one benchmark later: what runs before a benchmark changes its
+    // figures (caches, malloc's free lists), so no benchmark always follows the same one.
+    let count = benches.len();
+    for round in 0..ROUNDS {
+        let order = (0..count).map(|k| (k + round * count / ROUNDS) % count);
+        for which in order {
+            let ((_, batch, batches, op), out) = (&mut benches[which], &mut means[which]);
             for b in 0..*batches {
                 let start = Instant::now();
                 for i in b * *batch..(b + 1) * *batch {
