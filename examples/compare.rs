@@ -54,6 +54,7 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
+        ["hits", kind, n] => hits(kind, n.parse()?),
         ["core", procs] => core(procs.parse()?),
         [] => {
             headline()?;
@@ -62,7 +63,10 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
-        _ => Err("usage: compare [extras | engine | core PROCESSES | sets N | gets N]".into()),
+        _ => Err(
+            "usage: compare [extras | engine | core PROCESSES | sets N | gets N | hits KIND N]"
+                .into(),
+        ),
     }
 }
 
@@ -245,23 +249,24 @@ fn core_child(dir: &Path, seed: u64) -> Res<()> {
 
 /// The engine's floor beside our hit and set paths and two Rust peers, all in one run, on
 /// 1 000 keys of 100 bytes (the same bytes everywhere):
-/// - floors: raw LMDB (heed) read with a fresh `MDB_NOTLS` read transaction, as ours, and
+/// - floors: raw LMDB (heed) read with a fresh `MDB_NOTLS` read transaction, as ours, that
+///   copies the 100 bytes into a `Vec` (as a `get` that returns owned bytes must), and
 ///   put+commit (`NO_SYNC`) with and without `MDB_WRITEMAP` (the cache opens without it, see
-///   docs/design.md); for reference, the raw read from a named database, as our index is;
-/// - ours: `get` as `Vec<u8>` and as `String`, `get_bytes`, `with_bytes`, a `get_or_load`
+///   docs/design.md); for reference, the raw read without the copy, and from a named
+///   database, as our index is;
+/// - ours: one cache per kind of value, each holding the same 1 000 keys as the floor;
+///   `get` as `Vec<u8>` and as `String`, `get_bytes`, `with_bytes`, a `get_or_load`
 ///   hit, `set` of a `Vec<u8>` and a `String`, `set_bytes` (`Durability::Fast`);
 /// - peers: redb 2 (a read transaction per get; insert+commit with `Durability::None`, no
 ///   fsync like the others) and cacache 13 (sync API: `read_sync`, `write_sync`).
 ///
-/// Every benchmark runs a few batches in each of 10 rounds, interleaved, so the machine's
-/// noise (other processes) falls on all of them alike; each prints the median of its
-/// per-batch means (µs/op), then its ratio to its floor (gets to the raw read, sets to both
-/// raw put+commit floors). `ENGINE=1 bench/compare.sh` runs this 3 times and tables it.
+/// Every benchmark runs a few batches in each of 10 rounds, interleaved (each round in an
+/// order rotated from the last), so the machine's noise (other processes) falls on all of
+/// them alike; each prints the median of its per-batch means (µs/op), then its ratio to its
+/// floor (gets to the raw read, sets to both raw put+commit floors). `ENGINE=1 bench/compare.sh` runs this 3 times and tables it.
 fn engine() -> Res<()> {
     const ROUNDS: usize = 10;
     let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
-    let texts: Vec<String> = keys.iter().map(|k| format!("s-{k}")).collect();
-    let raws: Vec<String> = keys.iter().map(|k| format!("r-{k}")).collect();
     let bytes = vec![7u8; 100];
     let text = "v".repeat(100);
     let tmp = tempfile::tempdir()?;
@@ -292,11 +297,15 @@ fn engine() -> Res<()> {
     )?;
     let (named, named_db) = raw_env("raw-named", heed::EnvFlags::NO_SYNC, Some("entries"))?;
 
+    // One cache per kind of value, each with the floor's 1 000 keys: one cache holding all
+    // three would give our B-tree three times the floor's entries (and working set).
     let cache = open(&tmp.path().join("ours"))?;
-    for i in 0..1000 {
-        cache.set(&keys[i], &bytes, None)?;
-        cache.set(&texts[i], &text, None)?;
-        cache.set_bytes(&raws[i], &bytes, None)?;
+    let texts_cache = open(&tmp.path().join("ours-text"))?;
+    let raw_cache = open(&tmp.path().join("ours-raw"))?;
+    for k in &keys {
+        cache.set(k, &bytes, None)?;
+        texts_cache.set(k, &text, None)?;
+        raw_cache.set_bytes(k, &bytes, None)?;
     }
     const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("t");
     let redb = redb::Database::create(tmp.path().join("redb"))?;
@@ -317,10 +326,27 @@ fn engine() -> Res<()> {
 
     // (name, batch size, batches per round, one operation on key index i)
     type Bench<'a> = (&'static str, usize, usize, Box<dyn FnMut(usize) + 'a>);
-    fn raw_get<'a>(env: &'a RawEnv, db: Db, keys: &'a [String]) -> impl FnMut(usize) + 'a {
+    // The floor copies the bytes out into a `Vec`, as a `get` returning owned bytes must;
+    // `copy: false` is LMDB's borrowed slice alone, for reference.
+    fn raw_get<'a>(
+        env: &'a RawEnv,
+        db: Db,
+        keys: &'a [String],
+        copy: bool,
+    ) -> impl FnMut(usize) + 'a {
         move |i: usize| {
             let txn = env.read_txn().expect("txn");
-            std::hint::black_box(db.get(&txn, &keys[i % 1000]).expect("get"));
+            let got = db.get(&txn, &keys[i % 1000]).expect("get");
+            if !copy {
+                std::hint::black_box(got);
+                return;
+            }
+            // As a `get` returning the bytes: the transaction ends (and LMDB frees it)
+            // before the caller drops the copy; the order of the two frees changes malloc's
+            // work (it is part of what a get costs).
+            let got = got.map(<[u8]>::to_vec);
+            drop(txn);
+            std::hint::black_box(got);
         }
     }
     fn raw_put<'a>(env: &'a RawEnv, db: Db, keys: &'a [String]) -> impl FnMut(usize) + 'a {
@@ -335,13 +361,19 @@ fn engine() -> Res<()> {
             "lmdb_raw_get_notls",
             1000,
             20,
-            Box::new(raw_get(&plain, plain_db, &keys)),
+            Box::new(raw_get(&plain, plain_db, &keys, true)),
+        ),
+        (
+            "lmdb_raw_get_notls_no_copy",
+            1000,
+            20,
+            Box::new(raw_get(&plain, plain_db, &keys, false)),
         ),
         (
             "lmdb_raw_get_notls_named_db",
             1000,
             20,
-            Box::new(raw_get(&named, named_db, &keys)),
+            Box::new(raw_get(&named, named_db, &keys, true)),
         ),
         (
             "ours_get_vec",
@@ -356,7 +388,7 @@ fn engine() -> Res<()> {
             1000,
             20,
             Box::new(|i| {
-                std::hint::black_box(cache.get::<String>(&texts[i % 1000]).expect("get"));
+                std::hint::black_box(texts_cache.get::<String>(&keys[i % 1000]).expect("get"));
             }),
         ),
         (
@@ -364,7 +396,7 @@ fn engine() -> Res<()> {
             1000,
             20,
             Box::new(|i| {
-                std::hint::black_box(cache.get_bytes(&raws[i % 1000]).expect("get"));
+                std::hint::black_box(raw_cache.get_bytes(&keys[i % 1000]).expect("get"));
             }),
         ),
         (
@@ -372,7 +404,11 @@ fn engine() -> Res<()> {
             1000,
             20,
             Box::new(|i| {
-                std::hint::black_box(cache.with_bytes(&raws[i % 1000], |b| b[0]).expect("get"));
+                std::hint::black_box(
+                    raw_cache
+                        .with_bytes(&keys[i % 1000], |b| b[0])
+                        .expect("get"),
+                );
             }),
         ),
         (
@@ -432,7 +468,7 @@ fn engine() -> Res<()> {
             200,
             10,
             Box::new(|i| {
-                cache.set(&texts[i % 1000], &text, None).expect("set");
+                texts_cache.set(&keys[i % 1000], &text, None).expect("set");
             }),
         ),
         (
@@ -440,7 +476,9 @@ fn engine() -> Res<()> {
             200,
             10,
             Box::new(|i| {
-                cache.set_bytes(&raws[i % 1000], &bytes, None).expect("set");
+                raw_cache
+                    .set_bytes(&keys[i % 1000], &bytes, None)
+                    .expect("set");
             }),
         ),
         (
@@ -469,8 +507,13 @@ fn engine() -> Res<()> {
         ),
     ];
     let mut means: Vec<Vec<f64>> = vec![Vec::new(); benches.len()];
-    for _ in 0..ROUNDS {
-        for ((_, batch, batches, op), out) in benches.iter_mut().zip(&mut means) {
+    // Each round starts one benchmark later: what runs before a benchmark changes its
+    // figures (caches, malloc's free lists), so no benchmark always follows the same one.
+    let count = benches.len();
+    for round in 0..ROUNDS {
+        let order = (0..count).map(|k| (k + round * count / ROUNDS) % count);
+        for which in order {
+            let ((_, batch, batches, op), out) = (&mut benches[which], &mut means[which]);
             for b in 0..*batches {
                 let start = Instant::now();
                 for i in b * *batch..(b + 1) * *batch {
@@ -503,6 +546,61 @@ fn engine() -> Res<()> {
         };
         for floor in floors {
             emit(name, &format!("x_{floor}"), us / of(floor));
+        }
+    }
+    Ok(())
+}
+
+/// For profiles and instruction counts (`perf stat`, `perf record`): `n` hits of one kind
+/// on 1 000 keys of 100 bytes, as in `engine`: `raw` (the floor: heed read, copied into a
+/// `Vec`), `named` (the same from a named database), `vec`, `string`, `bytes`, `gol`.
+fn hits(kind: &str, n: usize) -> Res<()> {
+    let tmp = tempfile::tempdir()?;
+    let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
+    let bytes = vec![7u8; 100];
+    if let "raw" | "named" = kind {
+        let mut options = heed::EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(1 << 30).max_dbs(4);
+        // SAFETY: valid flags; a fresh directory opened once.
+        unsafe { options.flags(heed::EnvFlags::NO_SYNC) };
+        let env = unsafe { options.open(tmp.path())? };
+        let mut wtxn = env.write_txn()?;
+        let name = (kind == "named").then_some("entries");
+        let db: heed::Database<heed::types::Str, heed::types::Bytes> =
+            env.create_database(&mut wtxn, name)?;
+        for k in &keys {
+            db.put(&mut wtxn, k, &bytes)?;
+        }
+        wtxn.commit()?;
+        for i in 0..n {
+            let got = {
+                let txn = env.read_txn()?;
+                db.get(&txn, &keys[i % 1000])?.map(<[u8]>::to_vec)
+            };
+            std::hint::black_box(got);
+        }
+        return Ok(());
+    }
+    let cache = open(tmp.path())?;
+    for k in &keys {
+        match kind {
+            "string" => cache.set(k, &"v".repeat(100), None)?,
+            "bytes" => cache.set_bytes(k, &bytes, None)?,
+            _ => cache.set(k, &bytes, None)?,
+        }
+    }
+    for i in 0..n {
+        let key = &keys[i % 1000];
+        match kind {
+            "vec" => drop(std::hint::black_box(cache.get::<Vec<u8>>(key)?)),
+            "string" => drop(std::hint::black_box(cache.get::<String>(key)?)),
+            "bytes" => drop(std::hint::black_box(cache.get_bytes(key)?)),
+            "gol" => drop(std::hint::black_box(cache.get_or_load(
+                key,
+                || Ok::<_, std::io::Error>(Vec::<u8>::new()),
+                None,
+            )?)),
+            _ => return Err(format!("unknown kind {kind}").into()),
         }
     }
     Ok(())
