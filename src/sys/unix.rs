@@ -283,37 +283,52 @@ pub(crate) fn link_count(file: &File) -> io::Result<u64> {
     Ok(file.metadata()?.nlink())
 }
 
-/// Sets close-on-exec on every descriptor of this process that refers to `file`'s inode
-/// (LMDB opens `data.mdb` without `O_CLOEXEC`: a command started by the process would
-/// inherit it read-write).
+/// Sets close-on-exec on the descriptor of this process that refers to `file`'s inode
+/// without it: LMDB opens `data.mdb` once without `O_CLOEXEC`, and a command started by the
+/// process would inherit it read-write. `file` is a duplicate made right after LMDB opened
+/// its files, so LMDB's descriptors lie just below it: those are looked at first (a few
+/// `fstat`s). Only if none of them is the one (another thread closed a lower descriptor
+/// meanwhile, so the duplicate went below LMDB's) is every descriptor looked at, through
+/// `/proc/self/fd`: listing it costs a short-lived process more than its cache hit.
 pub(crate) fn set_cloexec_on_descriptors_of(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
     let meta = file.metadata()?;
     let target = (meta.dev(), meta.ino());
+    let mut below = (0..file.as_raw_fd()).rev();
+    if below.any(|fd| set_cloexec_if_inherited(fd, target)) {
+        return Ok(());
+    }
     let listing = fs::read_dir("/proc/self/fd").or_else(|_| fs::read_dir("/dev/fd"))?;
     for entry in listing.flatten() {
-        let Some(fd) = entry
+        if let Some(fd) = entry
             .file_name()
             .to_str()
             .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: fstat into a zeroed struct; a stale fd number just fails with EBADF.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(fd, &mut st) } != 0 {
-            continue;
-        }
-        #[allow(clippy::unnecessary_cast)] // dev_t/ino_t are not u64 everywhere
-        if (st.st_dev as u64, st.st_ino as u64) != target {
-            continue;
-        }
-        // SAFETY: F_GETFD/F_SETFD on a descriptor that fstat just accepted.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
-            unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+        {
+            set_cloexec_if_inherited(fd, target);
         }
     }
     Ok(())
+}
+
+/// Sets close-on-exec on `fd` if it refers to the file `target` (device, inode) and lacks
+/// it; true if it did.
+fn set_cloexec_if_inherited(fd: i32, target: (u64, u64)) -> bool {
+    // SAFETY: fstat into a zeroed struct; a stale fd number just fails with EBADF.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // dev_t/ino_t are not u64 everywhere
+    if (st.st_dev as u64, st.st_ino as u64) != target {
+        return false;
+    }
+    // SAFETY: F_GETFD/F_SETFD on a descriptor that fstat just accepted.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 || flags & libc::FD_CLOEXEC != 0 {
+        return false;
+    }
+    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) == 0 }
 }
 
 /// Reads at `offset` without moving the file position (threads share the descriptor).
