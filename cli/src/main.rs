@@ -112,29 +112,27 @@ fn adopt_cli_environment() {
 
 /// Logs go to stderr: warnings by default, `-v`/`-q` move the level, `CONCURIO_LOG` (an
 /// env-filter directive) applies when neither is given. No colour unless stderr is a terminal
-/// and `NO_COLOR` is unset. Without `CONCURIO_LOG` a plain level filter is used: building an
-/// env filter costs a cache hit more than the hit itself.
+/// and `NO_COLOR` is unset.
 fn init_logging(Verbosity { verbose, quiet }: Verbosity) {
-    use tracing_subscriber::filter::LevelFilter;
     let level = match (quiet, verbose) {
-        (2.., _) => LevelFilter::OFF,
-        (1, _) => LevelFilter::ERROR,
-        (_, 0) => LevelFilter::WARN,
-        (_, 1) => LevelFilter::INFO,
-        (_, 2) => LevelFilter::DEBUG,
-        _ => LevelFilter::TRACE,
+        (2.., _) => "off",
+        (1, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let from_env = tracing_subscriber::EnvFilter::try_from_env("CONCURIO_LOG");
+    let filter = match from_env {
+        Ok(filter) if verbose == 0 && quiet == 0 => filter,
+        _ => tracing_subscriber::EnvFilter::new(level),
     };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let logger = tracing_subscriber::fmt()
+    tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_target(false)
-        .without_time();
-    let from_env = (verbose == 0 && quiet == 0 && std::env::var_os("CONCURIO_LOG").is_some())
-        .then(|| tracing_subscriber::EnvFilter::try_from_env("CONCURIO_LOG").ok())
-        .flatten();
-    match from_env {
-        Some(filter) => logger.with_env_filter(filter).init(),
-        None => logger.with_max_level(level).init(),
-    }
+        .without_time()
+        .init();
 }

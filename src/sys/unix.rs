@@ -391,3 +391,45 @@ pub(crate) fn check_writable(dir: &Path) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn has_cloexec(fd: i32) -> bool {
+        // SAFETY: F_GETFD on a descriptor this test owns.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    /// A duplicate without close-on-exec, at the lowest free number at or above `min`.
+    fn inherited_dup(file: &File, min: i32) -> i32 {
+        // SAFETY: F_DUPFD on an open descriptor; the test closes the result.
+        let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, min) };
+        assert!(fd >= min && !has_cloexec(fd));
+        fd
+    }
+
+    /// The descriptor left without close-on-exec is found below the duplicate (the usual
+    /// case) and above it (another thread freed a lower number: the listing finds it).
+    #[test]
+    fn the_inherited_descriptor_gets_close_on_exec_below_and_above_the_duplicate() {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        let below = inherited_dup(tmp.as_file(), 0);
+        // Opened after `below`, so numbered above it (unless a test thread freed a lower
+        // number meanwhile: then the listing below still covers it).
+        let probe = File::open(tmp.path()).unwrap();
+        set_cloexec_on_descriptors_of(&probe).unwrap();
+        assert!(has_cloexec(below));
+
+        let above = inherited_dup(tmp.as_file(), probe.as_raw_fd() + 64);
+        set_cloexec_on_descriptors_of(&probe).unwrap();
+        assert!(has_cloexec(above));
+        // SAFETY: closing the two duplicates this test made.
+        unsafe {
+            libc::close(below);
+            libc::close(above);
+        }
+    }
+}
