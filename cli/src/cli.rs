@@ -44,14 +44,18 @@ impl Cli {
     /// Parses our arguments; usage errors, `--help` and `--version` end the process with
     /// clap's message (exit 2, or 0).
     ///
-    /// `concurio run` is parsed first against a command that holds only `run`: clap builds
-    /// every argument of every subcommand before it parses (~135 µs against ~65 µs for
-    /// `run` alone, measured in-process in a release build), and a cache hit is ~2 ms
-    /// (issue 11, point 6). Anything that parser does not accept (help, a usage error,
-    /// another subcommand) is parsed again by the full command, so what users see for those
-    /// is clap's full output, unchanged.
+    /// A cache hit of `concurio run` is a whole process of ~1.5 ms (issue 11, point 6), so
+    /// `run` lines go first to a hand parser of the common forms ([`crate::run_argv`]:
+    /// ~50 µs from `main` to parsed in a release build, against ~260 µs through clap, most
+    /// of it first touches of clap's code), then to clap with a command that holds only
+    /// `run` (clap builds every argument of every subcommand before it parses). Anything
+    /// those do not accept (help, a usage error, another subcommand) is parsed by the full
+    /// command, so what users see for those is clap's full output, unchanged.
     pub fn parse_args() -> Cli {
         let args: Vec<OsString> = std::env::args_os().collect();
+        if let Some(cli) = crate::run_argv::parse(&args, |name| std::env::var_os(name)) {
+            return cli;
+        }
         if args.get(1).is_some_and(|a| a == "run")
             && let Some(cli) = parse_run_only(&args)
         {

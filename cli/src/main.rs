@@ -10,6 +10,7 @@ mod install;
 mod json_value;
 mod output;
 mod run;
+mod run_argv;
 mod size;
 
 use std::fmt;
