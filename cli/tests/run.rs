@@ -598,3 +598,36 @@ fn unrelated_commands_never_wait_for_each_other() {
     let out = slow.wait_with_output().unwrap();
     assert_eq!(out.stdout, b"slow\n");
 }
+
+/// The log level: warnings by default, `CONCURIO_LOG` (an env-filter directive) when neither
+/// -v nor -q is given, and -v/-q over it. The "run" debug line names the entry's key.
+#[test]
+fn concurio_log_and_verbosity_choose_what_is_logged() {
+    let sb = Sandbox::new();
+    let stderr_of = |log: Option<&str>, flags: &[&str]| {
+        let mut cmd = sb.cmd();
+        cmd.args(run_args(flags, &["true".to_owned()]));
+        if let Some(log) = log {
+            cmd.env("CONCURIO_LOG", log);
+        }
+        let out = cmd.output().expect("run concurio");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let debug_line = |stderr: &str| stderr.contains("DEBUG") && stderr.contains("key=");
+    // (CONCURIO_LOG, flags, whether the debug line is logged)
+    let cases: [(Option<&str>, &[&str], bool); 6] = [
+        (None, &[], false),
+        (Some("debug"), &[], true),
+        (Some("info"), &[], false),
+        (None, &["-vv"], true),
+        (Some("debug"), &["-q"], false),
+        (Some("debug"), &["-v"], false),
+    ];
+    for (log, flags, logged) in cases {
+        let stderr = stderr_of(log, flags);
+        assert_eq!(debug_line(&stderr), logged, "{log:?} {flags:?}: {stderr}");
+    }
+    let invalid = stderr_of(Some("[[nonsense"), &[]);
+    assert!(!debug_line(&invalid), "an invalid CONCURIO_LOG: {invalid}");
+}
