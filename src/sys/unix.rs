@@ -4,6 +4,7 @@ use std::fs::{self, DirBuilder, File, Metadata};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::sync::OnceLock;
 
 /// Creates `path` and any missing parents with mode 0700 (before umask): cache directories
 /// hold executables that get run, so nobody else may write, or even list, them.
@@ -38,11 +39,19 @@ pub(crate) fn unsafe_dir_reason(meta: &Metadata) -> Option<String> {
 
 /// Identifies the current boot, so a cache can tell whether the machine restarted since it
 /// last wrote without syncing. `None` where the platform does not say.
+///
+/// Read once per process (a process cannot outlive its boot): opening a cache asks twice,
+/// and each read of `/proc` is six system calls of a `concurio run` cache hit.
 pub(crate) fn boot_id() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+    static BOOT_ID: OnceLock<Option<String>> = OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .clone()
 }
 
 /// Sets mode 0755 on an open file (through the fd, so the file cannot be swapped under us).
