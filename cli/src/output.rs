@@ -195,37 +195,66 @@ pub fn replay(mut from: impl Read, len: u64, to: &mut impl Write) -> io::Result<
 
 /// A reader that writes what it reads to `to` as it passes, flushed (live output). Once
 /// `to` fails (a closed pipe) it is dropped and reading goes on.
+///
+/// It reads `from` a chunk at a time into a buffer of its own, whatever its caller asks
+/// for, so output reaches `to` in the pieces the command wrote: `read_to_end` asks for a
+/// few bytes at a time as its vector grows, and passing its reads through cut lines where
+/// its buffer happened to end (`AFTER` went out as `A`, then `FTER`).
 struct Tee<R, W> {
     from: R,
     to: Option<W>,
+    buf: Box<[u8]>,
+    /// `buf[start..end]`: read from `from`, passed to `to`, not yet given to the caller.
+    start: usize,
+    end: usize,
 }
 
 impl<R: Read, W: Write> Tee<R, W> {
     fn new(from: R, to: W) -> Self {
-        Tee { from, to: Some(to) }
+        Tee {
+            from,
+            to: Some(to),
+            buf: vec![0u8; CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
     }
 
-    /// Reads the rest, passing it through (a fixed buffer).
-    fn pass_rest(mut self) -> io::Result<()> {
-        let mut buf = vec![0u8; CHUNK];
-        while self.read(&mut buf)? != 0 {}
-        Ok(())
-    }
-}
-
-impl<R: Read, W: Write> Read for Tee<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads the next chunk of `from` into the buffer and passes it to `to`; 0 at the end.
+    fn fill(&mut self) -> io::Result<usize> {
         let n = loop {
-            match self.from.read(buf) {
+            match self.from.read(&mut self.buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other?,
             }
         };
         if let Some(to) = &mut self.to
-            && (to.write_all(&buf[..n]).is_err() || to.flush().is_err())
+            && (to.write_all(&self.buf[..n]).is_err() || to.flush().is_err())
         {
             self.to = None;
         }
+        (self.start, self.end) = (0, n);
+        Ok(n)
+    }
+
+    /// Reads the rest, passing it through.
+    fn pass_rest(mut self) -> io::Result<()> {
+        while self.fill()? != 0 {}
+        Ok(())
+    }
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.start == self.end && self.fill()? == 0 {
+            return Ok(0);
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
         Ok(n)
     }
 }
@@ -240,4 +269,60 @@ fn run_id() -> String {
         .as_nanos();
     let n = RUNS.fetch_add(1, Ordering::Relaxed);
     format!("{ns}-{}-{n}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that returns its chunks one per read, as a pipe returns a command's writes.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl Read for Chunks {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let Some(mut chunk) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            let n = out.len().min(chunk.len());
+            out[..n].copy_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.0.push_front(chunk.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    /// A writer that records each write.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for &mut Writes {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.push(bytes.to_vec());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn live_output_goes_out_in_the_pieces_the_command_wrote() {
+        let chunks: Vec<Vec<u8>> = [7, 6, 1, 100, 3000, 40_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| vec![b'a' + i as u8; len])
+            .collect();
+        let mut writes = Writes::default();
+        let mut kept = Vec::new();
+        let mut tee = Tee::new(Chunks(chunks.iter().cloned().collect()), &mut writes);
+        // As `Streams::capture` reads: through `take` and `read_to_end`, small reads first.
+        (&mut tee).take(20_000).read_to_end(&mut kept).unwrap();
+        tee.pass_rest().unwrap();
+        assert_eq!(
+            writes.0, chunks,
+            "output went out cut where the reader's buffer ended"
+        );
+        assert_eq!(kept, chunks.concat()[..20_000]);
+    }
 }

@@ -78,11 +78,14 @@ pub fn run(mut args: RunArgs, notice: bool) -> Outcome {
         _ => args.ttl,
     };
     let outcome = run.load(max_age);
-    // The process ends next. Left open, the cache is unmapped and closed by the kernel at
-    // exit, which costs a hit less than LMDB's own close (~70 µs, measured); nothing is
-    // lost: the library's exit hook flushes a handle that is never dropped, as it does
-    // for one kept in a static.
-    std::mem::forget(cache);
+    // The process ends next. Left open, a local cache is unmapped and closed by the kernel
+    // at exit, which costs a hit less than LMDB's own close (~70 µs, measured); nothing is
+    // lost: the library's exit hook flushes a handle that is never dropped, as it does for
+    // one kept in a static. A shared tier's handle is dropped: its drop hands the local
+    // fills it queued to the disk and this process's counts to the fleet's.
+    if args.location.shared.is_none() {
+        std::mem::forget(cache);
+    }
     outcome
 }
 
