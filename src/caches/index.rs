@@ -1,23 +1,37 @@
-//! The index inside LMDB: four named databases that every write transaction updates
-//! together, so entries, their eviction order, their expiry order and the totals can never
-//! disagree, whichever process wrote last.
+//! The index inside LMDB: the entries and three named databases that every write
+//! transaction updates together, so entries, their eviction order, their expiry order and
+//! the totals can never disagree, whichever process wrote last.
 //!
 //! ```text
-//! entries   index key                  -> record (see record.rs)
-//! order     order_ns (BE) ++ index key -> ""     oldest first: eviction order (kept only
-//!                                                 while a size limit is set)
-//! expiry    expire_ns (BE) ++ index key -> ""    soonest first: lazy purge
-//! (main)    "totals"                   -> Totals
+//! (main)    0x00 ++ index key           -> record (see record.rs)
+//! (main)    "totals"                    -> Totals
+//! (main)    "order", "expiry", "meta"   -> LMDB's records of the named databases
+//! order     order_ns (BE) ++ index key  -> ""     oldest first: eviction order (kept only
+//!                                                  while a size limit is set)
+//! expiry    expire_ns (BE) ++ index key -> ""     soonest first: lazy purge
 //! meta      (empty; held the totals before: read if the main database has none)
+//! entries   (cache format 1 only: the entries, by index key; emptied by the migration)
 //! ```
 //!
-//! The totals live in LMDB's main database, beside the records of the named databases:
-//! every commit rewrites that page anyway (the named databases' roots moved), so updating
-//! the totals costs no page of its own (in `meta` they cost one more dirty page, written
-//! with `pwrite`, per write).
+//! The entries live in LMDB's main (unnamed) database: its root is in the meta page a read
+//! transaction starts from, whereas every read transaction marks the named databases stale
+//! and the first access to one searches the main database for its record first (about an
+//! eighth of a hit's instructions). Their keys start with the byte 0x00, which no other key
+//! in the main database starts with (those are lowercase ASCII), so a user key such as
+//! "totals" cannot meet the totals; the prefix is added and stripped here, and nothing above
+//! this module sees it. `order` and `expiry` name entries by the index key without it.
+//!
+//! The totals live in the main database too: every commit rewrites its root page anyway (the
+//! named databases' roots moved), so updating the totals costs no page of its own.
+//!
+//! Cache format 1 kept the entries in a named database `entries`; the first opener of such a
+//! cache moves them here in one write transaction ([`Index::migrate_format_1`], see
+//! recovery.rs for the marker).
+
+use std::ops::Bound;
 
 use heed::types::Bytes;
-use heed::{Database, RoTxn, RwTxn};
+use heed::{Database, MdbError, RoTxn, RwTxn};
 
 use super::lmdb::LmdbEnv;
 use super::record::{Body, Meta, Record};
@@ -28,6 +42,57 @@ const PURGE_PER_WRITE: usize = 16;
 /// still over its limit, the next writes continue.
 const EVICT_PER_WRITE: usize = 256;
 const TOTALS_KEY: &[u8] = b"totals";
+/// First byte of every entry's key in the main database (see the module docs).
+const ENTRY_PREFIX: u8 = 0x00;
+/// The entries are the main database's keys from `[ENTRY_PREFIX]` up to this, excluded.
+const ENTRIES_END: &[u8] = &[ENTRY_PREFIX + 1];
+/// LMDB's longest key (`MDB_MAXKEYSIZE`).
+const MAX_LMDB_KEY: usize = 511;
+/// Where cache format 1 kept the entries.
+const FORMAT_1_ENTRIES: &str = "entries";
+/// Records moved per step of the migration (its memory bound; one transaction for all).
+const MIGRATE_BATCH: usize = 1024;
+
+/// An entry's key in the main database: the prefix, then the index key; on the stack, so
+/// a hit allocates nothing for it.
+struct EntryKey {
+    len: usize,
+    bytes: [u8; MAX_LMDB_KEY],
+}
+
+impl EntryKey {
+    /// LMDB's own error for a key it cannot hold: an index key of 511 bytes or more (never
+    /// made by keys.rs, whose longest is 400) has no room for the prefix.
+    fn new(ikey: &[u8]) -> heed::Result<Self> {
+        if ikey.len() >= MAX_LMDB_KEY {
+            return Err(heed::Error::Mdb(MdbError::BadValSize));
+        }
+        let mut bytes = [ENTRY_PREFIX; MAX_LMDB_KEY];
+        bytes[1..=ikey.len()].copy_from_slice(ikey);
+        Ok(EntryKey {
+            len: ikey.len() + 1,
+            bytes,
+        })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The entries of the main database in index order, as (index key, record): the prefix is
+/// stripped.
+pub(crate) struct Entries<'t>(heed::RoRange<'t, Bytes, Bytes>);
+
+impl<'t> Iterator for Entries<'t> {
+    type Item = heed::Result<(&'t [u8], &'t [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.0.next()?;
+        // Every key of the range starts with the prefix (it is the range's first byte).
+        Some(item.map(|(key, record)| (key.get(1..).unwrap_or_default(), record)))
+    }
+}
 
 /// Counters kept in the index, shared by all processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,12 +156,11 @@ pub(crate) struct Garbage {
     pub(crate) blobs: Vec<String>,
 }
 
-/// The four databases.
+/// The databases.
 #[derive(Clone, Copy)]
 pub(crate) struct Index {
-    /// LMDB's unnamed database: the named databases' records, and the totals.
+    /// LMDB's unnamed database: the entries, the named databases' records, and the totals.
     main: Database<Bytes, Bytes>,
-    entries: Database<Bytes, Bytes>,
     order: Database<Bytes, Bytes>,
     expiry: Database<Bytes, Bytes>,
     meta: Database<Bytes, Bytes>,
@@ -108,9 +172,8 @@ impl Index {
     pub(crate) fn open(env: &LmdbEnv) -> heed::Result<Self> {
         let rtxn = env.read_txn()?;
         let open = |name| env.open_database::<Bytes, Bytes>(&rtxn, name);
-        if let (Some(main), Some(entries), Some(order), Some(expiry), Some(meta)) = (
+        if let (Some(main), Some(order), Some(expiry), Some(meta)) = (
             open(None)?,
-            open(Some("entries"))?,
             open(Some("order"))?,
             open(Some("expiry"))?,
             open(Some("meta"))?,
@@ -119,7 +182,6 @@ impl Index {
             rtxn.commit()?;
             return Ok(Index {
                 main,
-                entries,
                 order,
                 expiry,
                 meta,
@@ -129,7 +191,6 @@ impl Index {
         let mut wtxn = env.write_txn()?;
         let index = Index {
             main: env.create_database(&mut wtxn, None)?,
-            entries: env.create_database(&mut wtxn, Some("entries"))?,
             order: env.create_database(&mut wtxn, Some("order"))?,
             expiry: env.create_database(&mut wtxn, Some("expiry"))?,
             meta: env.create_database(&mut wtxn, Some("meta"))?,
@@ -139,12 +200,68 @@ impl Index {
         Ok(index)
     }
 
-    pub(crate) fn get<'t>(&self, txn: &'t RoTxn, ikey: &[u8]) -> heed::Result<Option<&'t [u8]>> {
-        self.entries.get(txn, ikey)
+    /// Moves the entries of a cache of format 1 from the named database `entries` into the
+    /// main database, in one write transaction (a kill leaves none or all of them moved),
+    /// empties the named database, recounts the totals and syncs. Returns how many entries
+    /// moved; 0 if there were none (or the move was done and committed before).
+    ///
+    /// Only with the open lock held exclusively: nobody else may read or write meanwhile.
+    pub(crate) fn migrate_format_1(&self, env: &LmdbEnv) -> heed::Result<u64> {
+        let mut txn = env.write_txn()?;
+        let Some(old) = env.open_database::<Bytes, Bytes>(&txn, Some(FORMAT_1_ENTRIES))? else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        let mut after: Option<Vec<u8>> = None;
+        // In batches, so memory stays bounded however large the cache; one transaction.
+        loop {
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let batch = old
+                .range(&txn, &(start, Bound::Unbounded))?
+                .take(MIGRATE_BATCH)
+                .map(|item| item.map(|(ikey, record)| (ikey.to_vec(), record.to_vec())))
+                .collect::<heed::Result<Vec<_>>>()?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            for (ikey, record) in &batch {
+                match self.put_entry(&mut txn, ikey, record) {
+                    Ok(()) => moved += 1,
+                    // Not a key format 1 wrote (at most 400 bytes): no entry to keep.
+                    Err(heed::Error::Mdb(MdbError::BadValSize)) => {
+                        tracing::warn!("dropping an index key of {} bytes", ikey.len());
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        old.clear(&mut txn)?;
+        let totals = self.totals(&txn)?;
+        let totals = self.recount(&txn, totals)?;
+        self.put_totals(&mut txn, &totals)?;
+        txn.commit()?;
+        env.force_sync()?;
+        Ok(moved)
     }
 
-    pub(crate) fn iter<'t>(&self, txn: &'t RoTxn) -> heed::Result<heed::RoIter<'t, Bytes, Bytes>> {
-        self.entries.iter(txn)
+    /// The record stored under index key `ikey`.
+    #[inline]
+    pub(crate) fn get<'t>(&self, txn: &'t RoTxn, ikey: &[u8]) -> heed::Result<Option<&'t [u8]>> {
+        self.main.get(txn, EntryKey::new(ikey)?.as_bytes())
+    }
+
+    fn put_entry(&self, txn: &mut RwTxn, ikey: &[u8], record: &[u8]) -> heed::Result<()> {
+        self.main.put(txn, EntryKey::new(ikey)?.as_bytes(), record)
+    }
+
+    fn delete_entry(&self, txn: &mut RwTxn, ikey: &[u8]) -> heed::Result<bool> {
+        self.main.delete(txn, EntryKey::new(ikey)?.as_bytes())
+    }
+
+    /// Every entry, in index order.
+    pub(crate) fn iter<'t>(&self, txn: &'t RoTxn) -> heed::Result<Entries<'t>> {
+        self.iter_after(txn, None)
     }
 
     /// The entries after index key `after` (all of them for `None`), in index order.
@@ -152,10 +269,16 @@ impl Index {
         &self,
         txn: &'t RoTxn,
         after: Option<&[u8]>,
-    ) -> heed::Result<heed::RoRange<'t, Bytes, Bytes>> {
-        use std::ops::Bound;
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.entries.range(txn, &(start, Bound::Unbounded))
+    ) -> heed::Result<Entries<'t>> {
+        let after = after.map(EntryKey::new).transpose()?;
+        let start = match &after {
+            Some(key) => Bound::Excluded(key.as_bytes()),
+            None => Bound::Included(&[ENTRY_PREFIX][..]),
+        };
+        Ok(Entries(
+            self.main
+                .range(txn, &(start, Bound::Excluded(ENTRIES_END)))?,
+        ))
     }
 
     /// The totals; recounted from the entries if the record is missing or damaged.
@@ -191,7 +314,7 @@ impl Index {
     pub(crate) fn recount(&self, txn: &RoTxn, mut totals: Totals) -> heed::Result<Totals> {
         totals.entries = 0;
         totals.bytes = 0;
-        for item in self.entries.iter(txn)? {
+        for item in self.iter(txn)? {
             let (ikey, value) = item?;
             totals.entries += 1;
             totals.bytes += footprint(ikey, value);
@@ -221,7 +344,7 @@ impl Index {
         meta: &Meta,
     ) -> heed::Result<()> {
         self.remove(txn, totals, garbage, ikey)?;
-        self.entries.put(txn, ikey, record)?;
+        self.put_entry(txn, ikey, record)?;
         if totals.ordered() {
             self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
         }
@@ -241,7 +364,7 @@ impl Index {
         garbage: &mut Garbage,
         ikey: &[u8],
     ) -> heed::Result<bool> {
-        let Some(value) = self.entries.get(txn, ikey)? else {
+        let Some(value) = self.get(txn, ikey)? else {
             return Ok(false);
         };
         let size = footprint(ikey, value);
@@ -250,7 +373,7 @@ impl Index {
         let decoded = Record::decode(ikey, value)
             .ok()
             .map(|r| (r.meta, blob_name(&r)));
-        self.entries.delete(txn, ikey)?;
+        self.delete_entry(txn, ikey)?;
         if let Some((meta, blob)) = decoded {
             if totals.ordered() {
                 self.order.delete(txn, &stamped(meta.order_ns, ikey))?;
@@ -274,7 +397,7 @@ impl Index {
         ikey: &[u8],
         change: impl FnOnce(&mut Meta),
     ) -> heed::Result<bool> {
-        let Some(value) = self.entries.get(txn, ikey)? else {
+        let Some(value) = self.get(txn, ikey)? else {
             return Ok(false);
         };
         let Ok(mut record) = Record::decode(ikey, value) else {
@@ -294,7 +417,7 @@ impl Index {
         if new.expire_ns != 0 {
             self.expiry.put(txn, &stamped(new.expire_ns, ikey), &[])?;
         }
-        self.entries.put(txn, ikey, &updated)?;
+        self.put_entry(txn, ikey, &updated)?;
         Ok(true)
     }
 
@@ -342,14 +465,18 @@ impl Index {
         totals: &mut Totals,
         garbage: &mut Garbage,
     ) -> heed::Result<u64> {
-        for item in self.entries.iter(txn)? {
+        for item in self.iter(txn)? {
             let (ikey, value) = item?;
             if let Ok(record) = Record::decode(ikey, value) {
                 garbage.blobs.extend(blob_name(&record));
             }
         }
-        let count = self.entries.len(txn)?;
-        for db in [self.entries, self.order, self.expiry] {
+        let all = (
+            Bound::Included(&[ENTRY_PREFIX][..]),
+            Bound::Excluded(ENTRIES_END),
+        );
+        let count = self.main.delete_range(txn, &all)? as u64;
+        for db in [self.order, self.expiry] {
             db.clear(txn)?;
         }
         totals.entries = 0;
@@ -371,7 +498,7 @@ impl Index {
         let mut keep = Vec::new();
         let mut bad = Vec::new();
         let mut referenced = std::collections::HashSet::new();
-        for item in self.entries.iter(txn)? {
+        for item in self.iter(txn)? {
             let (ikey, value) = item?;
             match Record::decode(ikey, value) {
                 Ok(record) if valid(&record) => {
@@ -386,7 +513,7 @@ impl Index {
             }
         }
         for ikey in &bad {
-            self.entries.delete(txn, ikey)?;
+            self.delete_entry(txn, ikey)?;
         }
         self.order.clear(txn)?;
         self.expiry.clear(txn)?;
@@ -420,7 +547,7 @@ impl Index {
             return Ok(());
         }
         let mut stamps = Vec::new();
-        for item in self.entries.iter(txn)? {
+        for item in self.iter(txn)? {
             let (ikey, value) = item?;
             if let Ok(record) = Record::decode(ikey, value) {
                 stamps.push(stamped(record.meta.order_ns, ikey));
