@@ -28,6 +28,7 @@
 //! cache moves them here in one write transaction ([`Index::migrate_format_1`], see
 //! recovery.rs for the marker).
 
+use std::mem::MaybeUninit;
 use std::ops::Bound;
 
 use heed::types::Bytes;
@@ -53,31 +54,26 @@ const FORMAT_1_ENTRIES: &str = "entries";
 /// Records moved per step of the migration (its memory bound; one transaction for all).
 const MIGRATE_BATCH: usize = 1024;
 
-/// An entry's key in the main database: the prefix, then the index key; on the stack, so
-/// a hit allocates nothing for it.
-struct EntryKey {
-    len: usize,
-    bytes: [u8; MAX_LMDB_KEY],
-}
-
-impl EntryKey {
-    /// LMDB's own error for a key it cannot hold: an index key of 511 bytes or more (never
-    /// made by keys.rs, whose longest is 400) has no room for the prefix.
-    fn new(ikey: &[u8]) -> heed::Result<Self> {
-        if ikey.len() >= MAX_LMDB_KEY {
-            return Err(heed::Error::Mdb(MdbError::BadValSize));
-        }
-        let mut bytes = [ENTRY_PREFIX; MAX_LMDB_KEY];
-        bytes[1..=ikey.len()].copy_from_slice(ikey);
-        Ok(EntryKey {
-            len: ikey.len() + 1,
-            bytes,
-        })
+/// Calls `f` with the key of index key `ikey`'s entry in the main database: the prefix, then
+/// the index key, in a buffer on this function's stack. A hit allocates nothing for it, and
+/// the buffer is neither zeroed nor moved (a 511-byte value returned by value is copied,
+/// each copy as long as the key's search in a small cache). LMDB's own error for a key it
+/// cannot hold: an index key of 511 bytes or more (keys.rs makes none longer than 400).
+#[inline]
+fn with_entry_key<R>(ikey: &[u8], f: impl FnOnce(&[u8]) -> heed::Result<R>) -> heed::Result<R> {
+    if ikey.len() >= MAX_LMDB_KEY {
+        return Err(heed::Error::Mdb(MdbError::BadValSize));
     }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
+    let mut buf = MaybeUninit::<[u8; MAX_LMDB_KEY]>::uninit();
+    let base = buf.as_mut_ptr().cast::<u8>();
+    // SAFETY: `1 + ikey.len() <= MAX_LMDB_KEY` bytes are written from the start of `buf`
+    // (which `ikey` cannot overlap: `buf` is new), and the slice covers exactly those.
+    let key = unsafe {
+        base.write(ENTRY_PREFIX);
+        std::ptr::copy_nonoverlapping(ikey.as_ptr(), base.add(1), ikey.len());
+        std::slice::from_raw_parts(base, 1 + ikey.len())
+    };
+    f(key)
 }
 
 /// The entries of the main database in index order, as (index key, record): the prefix is
@@ -248,15 +244,15 @@ impl Index {
     /// The record stored under index key `ikey`.
     #[inline]
     pub(crate) fn get<'t>(&self, txn: &'t RoTxn, ikey: &[u8]) -> heed::Result<Option<&'t [u8]>> {
-        self.main.get(txn, EntryKey::new(ikey)?.as_bytes())
+        with_entry_key(ikey, |key| self.main.get(txn, key))
     }
 
     fn put_entry(&self, txn: &mut RwTxn, ikey: &[u8], record: &[u8]) -> heed::Result<()> {
-        self.main.put(txn, EntryKey::new(ikey)?.as_bytes(), record)
+        with_entry_key(ikey, |key| self.main.put(txn, key, record))
     }
 
     fn delete_entry(&self, txn: &mut RwTxn, ikey: &[u8]) -> heed::Result<bool> {
-        self.main.delete(txn, EntryKey::new(ikey)?.as_bytes())
+        with_entry_key(ikey, |key| self.main.delete(txn, key))
     }
 
     /// Every entry, in index order.
@@ -270,15 +266,17 @@ impl Index {
         txn: &'t RoTxn,
         after: Option<&[u8]>,
     ) -> heed::Result<Entries<'t>> {
-        let after = after.map(EntryKey::new).transpose()?;
-        let start = match &after {
-            Some(key) => Bound::Excluded(key.as_bytes()),
-            None => Bound::Included(&[ENTRY_PREFIX][..]),
+        let end = Bound::Excluded(ENTRIES_END);
+        // heed copies the bounds: the range does not borrow the key.
+        let range = match after {
+            Some(after) => with_entry_key(after, |key| {
+                self.main.range(txn, &(Bound::Excluded(key), end))
+            })?,
+            None => self
+                .main
+                .range(txn, &(Bound::Included(&[ENTRY_PREFIX][..]), end))?,
         };
-        Ok(Entries(
-            self.main
-                .range(txn, &(start, Bound::Excluded(ENTRIES_END)))?,
-        ))
+        Ok(Entries(range))
     }
 
     /// The totals; recounted from the entries if the record is missing or damaged.
