@@ -59,22 +59,48 @@ pub(crate) fn check_raw(key: &str, bytes: &[u8]) -> Result<()> {
 }
 
 /// The value of type `T` in a payload of `format`.
+///
+/// The byte and string types' one copy is inlined into the hit path; the rest (serde) is
+/// out of line. (A hit's `Result` passed back through one more call cost a store-forwarding
+/// stall: wider loads of what narrower stores had just written.)
+#[inline]
 pub(crate) fn decode<T: DeserializeOwned>(key: &str, format: Format, payload: &[u8]) -> Result<T> {
-    let decode_error = |source: crate::BoxError| Error::Decode {
-        key: key.to_owned(),
-        type_name: std::any::type_name::<T>(),
-        source,
-    };
-    let (bytes, packed) = match format {
-        Format::Raw => (Some(payload), false),
-        Format::MessagePack => (single_of(payload, Kind::Bin), true),
+    let bytes = match format {
+        Format::Raw => Some(payload),
+        Format::MessagePack => single_of(payload, Kind::Bin),
     };
     if let Some(bytes) = bytes
         && let Some(value) = bytes_as::<T>(bytes)
     {
         return Ok(value);
     }
-    if !packed {
+    if format == Format::MessagePack
+        && typeid::of::<T>() == TypeId::of::<String>()
+        && let Some(text) = single_of(payload, Kind::Str)
+    {
+        let text =
+            String::from_utf8(text.to_vec()).map_err(|e| decode_error::<T>(key, Box::new(e)))?;
+        if let Ok(value) = cast::<T, String>(text) {
+            return Ok(value);
+        }
+    }
+    decode_with_serde(key, format, payload)
+}
+
+#[cold]
+fn decode_error<T>(key: &str, source: crate::BoxError) -> Error {
+    Error::Decode {
+        key: key.to_owned(),
+        type_name: std::any::type_name::<T>(),
+        source,
+    }
+}
+
+/// [`decode`] of what is not one of the byte and string types' payloads.
+#[inline(never)]
+fn decode_with_serde<T: DeserializeOwned>(key: &str, format: Format, payload: &[u8]) -> Result<T> {
+    let decode_error = |source| decode_error::<T>(key, source);
+    if format == Format::Raw {
         // To serde a raw value is one byte array: never MessagePack to be parsed.
         return T::deserialize(
             serde::de::value::BytesDeserializer::<serde::de::value::Error>::new(payload),
@@ -87,14 +113,6 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, format: Format, payload: &[
                 .into(),
             )
         });
-    }
-    if typeid::of::<T>() == TypeId::of::<String>()
-        && let Some(text) = single_of(payload, Kind::Str)
-    {
-        let text = String::from_utf8(text.to_vec()).map_err(|e| decode_error(Box::new(e)))?;
-        if let Ok(value) = cast::<T, String>(text) {
-            return Ok(value);
-        }
     }
     rmp_serde::from_slice(payload).map_err(|e| decode_error(Box::new(e)))
 }

@@ -5,12 +5,12 @@
 //! ```text
 //! (main)    0x00 ++ index key           -> record (see record.rs)
 //! (main)    "totals"                    -> Totals
-//! (main)    "order", "expiry", "meta"   -> LMDB's records of the named databases
+//! (main)    "order", "expiry"           -> LMDB's records of the named databases
 //! order     order_ns (BE) ++ index key  -> ""     oldest first: eviction order (kept only
 //!                                                  while a size limit is set)
 //! expiry    expire_ns (BE) ++ index key -> ""     soonest first: lazy purge
-//! meta      (empty; held the totals before: read if the main database has none)
 //! entries   (cache format 1 only: the entries, by index key; emptied by the migration)
+//! meta      (cache format 1 only: held the totals in earlier builds; emptied likewise)
 //! ```
 //!
 //! The entries live in LMDB's main (unnamed) database: its root is in the meta page a read
@@ -23,6 +23,10 @@
 //!
 //! The totals live in the main database too: every commit rewrites its root page anyway (the
 //! named databases' roots moved), so updating the totals costs no page of its own.
+//!
+//! This build opens no named database it does not use: each one open in the environment
+//! costs every read transaction (LMDB sets up each database's state when the transaction
+//! begins, and again when it ends), and a write touched `meta` at every commit.
 //!
 //! Cache format 1 kept the entries in a named database `entries`; the first opener of such a
 //! cache moves them here in one write transaction ([`Index::migrate_format_1`], see
@@ -51,6 +55,8 @@ const ENTRIES_END: &[u8] = &[ENTRY_PREFIX + 1];
 const MAX_LMDB_KEY: usize = 511;
 /// Where cache format 1 kept the entries.
 const FORMAT_1_ENTRIES: &str = "entries";
+/// Where builds before the totals moved to the main database kept them (format 1).
+const FORMAT_1_META: &str = "meta";
 /// Records moved per step of the migration (its memory bound; one transaction for all).
 const MIGRATE_BATCH: usize = 1024;
 
@@ -159,7 +165,6 @@ pub(crate) struct Index {
     main: Database<Bytes, Bytes>,
     order: Database<Bytes, Bytes>,
     expiry: Database<Bytes, Bytes>,
-    meta: Database<Bytes, Bytes>,
 }
 
 impl Index {
@@ -168,19 +173,15 @@ impl Index {
     pub(crate) fn open(env: &LmdbEnv) -> heed::Result<Self> {
         let rtxn = env.read_txn()?;
         let open = |name| env.open_database::<Bytes, Bytes>(&rtxn, name);
-        if let (Some(main), Some(order), Some(expiry), Some(meta)) = (
-            open(None)?,
-            open(Some("order"))?,
-            open(Some("expiry"))?,
-            open(Some("meta"))?,
-        ) {
+        if let (Some(main), Some(order), Some(expiry)) =
+            (open(None)?, open(Some("order"))?, open(Some("expiry"))?)
+        {
             // Handles opened in a transaction die with it unless it commits (LMDB's rule).
             rtxn.commit()?;
             return Ok(Index {
                 main,
                 order,
                 expiry,
-                meta,
             });
         }
         drop(rtxn);
@@ -189,7 +190,6 @@ impl Index {
             main: env.create_database(&mut wtxn, None)?,
             order: env.create_database(&mut wtxn, Some("order"))?,
             expiry: env.create_database(&mut wtxn, Some("expiry"))?,
-            meta: env.create_database(&mut wtxn, Some("meta"))?,
         };
         wtxn.commit()?;
         env.force_sync()?;
@@ -198,22 +198,40 @@ impl Index {
 
     /// Moves the entries of a cache of format 1 from the named database `entries` into the
     /// main database, in one write transaction (a kill leaves none or all of them moved),
-    /// empties the named database, recounts the totals and syncs. Returns how many entries
-    /// moved; 0 if there were none (or the move was done and committed before).
+    /// and empties it; takes the counters from `meta` if the totals are still there (and
+    /// empties it); recounts the totals, commits and syncs. Returns how many entries moved;
+    /// 0 if there were none (or the move was done and committed before).
     ///
     /// Only with the open lock held exclusively: nobody else may read or write meanwhile.
     pub(crate) fn migrate_format_1(&self, env: &LmdbEnv) -> heed::Result<u64> {
         let mut txn = env.write_txn()?;
-        let Some(old) = env.open_database::<Bytes, Bytes>(&txn, Some(FORMAT_1_ENTRIES))? else {
-            return Ok(0);
+        let moved = match env.open_database::<Bytes, Bytes>(&txn, Some(FORMAT_1_ENTRIES))? {
+            Some(old) => self.move_entries(&mut txn, old)?,
+            None => 0,
         };
+        let mut stored = self.main.get(&txn, TOTALS_KEY)?.and_then(Totals::decode);
+        if let Some(meta) = env.open_database::<Bytes, Bytes>(&txn, Some(FORMAT_1_META))? {
+            if stored.is_none() {
+                stored = meta.get(&txn, TOTALS_KEY)?.and_then(Totals::decode);
+            }
+            meta.clear(&mut txn)?;
+        }
+        let totals = self.recount(&txn, stored.unwrap_or_default())?;
+        self.put_totals(&mut txn, &totals)?;
+        txn.commit()?;
+        env.force_sync()?;
+        Ok(moved)
+    }
+
+    /// The migration's move: every record of `old` to the main database, then `old` emptied.
+    fn move_entries(&self, txn: &mut RwTxn, old: Database<Bytes, Bytes>) -> heed::Result<u64> {
         let mut moved = 0;
         let mut after: Option<Vec<u8>> = None;
         // In batches, so memory stays bounded however large the cache; one transaction.
         loop {
             let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
             let batch = old
-                .range(&txn, &(start, Bound::Unbounded))?
+                .range(txn, &(start, Bound::Unbounded))?
                 .take(MIGRATE_BATCH)
                 .map(|item| item.map(|(ikey, record)| (ikey.to_vec(), record.to_vec())))
                 .collect::<heed::Result<Vec<_>>>()?;
@@ -222,7 +240,7 @@ impl Index {
             };
             after = Some(last.clone());
             for (ikey, record) in &batch {
-                match self.put_entry(&mut txn, ikey, record) {
+                match self.put_entry(txn, ikey, record) {
                     Ok(()) => moved += 1,
                     // Not a key format 1 wrote (at most 400 bytes): no entry to keep.
                     Err(heed::Error::Mdb(MdbError::BadValSize)) => {
@@ -232,12 +250,7 @@ impl Index {
                 }
             }
         }
-        old.clear(&mut txn)?;
-        let totals = self.totals(&txn)?;
-        let totals = self.recount(&txn, totals)?;
-        self.put_totals(&mut txn, &totals)?;
-        txn.commit()?;
-        env.force_sync()?;
+        old.clear(txn)?;
         Ok(moved)
     }
 
@@ -281,11 +294,7 @@ impl Index {
 
     /// The totals; recounted from the entries if the record is missing or damaged.
     pub(crate) fn totals(&self, txn: &RoTxn) -> heed::Result<Totals> {
-        let stored = match self.main.get(txn, TOTALS_KEY)? {
-            Some(bytes) => Some(bytes),
-            None => self.meta.get(txn, TOTALS_KEY)?, // written by an earlier version
-        };
-        match stored.and_then(Totals::decode) {
+        match self.main.get(txn, TOTALS_KEY)?.and_then(Totals::decode) {
             Some(totals) => Ok(totals),
             None => self.recount(txn, Totals::default()),
         }
@@ -321,13 +330,7 @@ impl Index {
     }
 
     pub(crate) fn put_totals(&self, txn: &mut RwTxn, totals: &Totals) -> heed::Result<()> {
-        self.main.put(txn, TOTALS_KEY, &totals.encode())?;
-        // Where earlier versions kept them: gone at the first write, so an older build
-        // opening the cache later recounts instead of trusting stale totals.
-        if self.meta.get(txn, TOTALS_KEY)?.is_some() {
-            self.meta.delete(txn, TOTALS_KEY)?;
-        }
-        Ok(())
+        self.main.put(txn, TOTALS_KEY, &totals.encode())
     }
 
     /// Stores `record` (already encoded) under `ikey`, replacing and accounting for any
@@ -614,32 +617,36 @@ fn footprint(ikey: &[u8], record: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    /// Totals kept in the `meta` database by earlier versions are read, and moved to the
-    /// main database by the first write.
+    /// Totals kept in the `meta` database by earlier builds keep their counters through the
+    /// migration (entries and bytes are recounted), and `meta` is emptied.
     #[test]
-    fn totals_written_in_meta_by_earlier_versions_are_read_and_moved() {
+    fn totals_written_in_meta_by_earlier_builds_are_kept_by_the_migration() {
         let tmp = tempfile::tempdir().unwrap();
         let env = crate::caches::lmdb::open_env(tmp.path(), false, 1 << 20).unwrap();
         let index = Index::open(&env).unwrap();
         let old = Totals {
             entries: 3,
             bytes: 300,
-            ..Totals::default()
+            size_limit: 1 << 20,
+            hits: 5,
+            misses: 6,
+            evictions: 7,
         };
         let mut txn = env.write_txn().unwrap();
-        index.meta.put(&mut txn, TOTALS_KEY, &old.encode()).unwrap();
+        let meta = env
+            .create_database::<Bytes, Bytes>(&mut txn, Some(FORMAT_1_META))
+            .unwrap();
+        meta.put(&mut txn, TOTALS_KEY, &old.encode()).unwrap();
         txn.commit().unwrap();
 
+        assert_eq!(index.migrate_format_1(&env).unwrap(), 0);
         let txn = env.read_txn().unwrap();
-        assert_eq!(index.totals(&txn).unwrap(), old);
-        drop(txn);
-        let mut txn = env.write_txn().unwrap();
-        let new = Totals { entries: 4, ..old };
-        index.put_totals(&mut txn, &new).unwrap();
-        txn.commit().unwrap();
-        let txn = env.read_txn().unwrap();
-        assert_eq!(index.totals(&txn).unwrap(), new);
-        assert!(index.meta.get(&txn, TOTALS_KEY).unwrap().is_none());
-        assert!(index.main.get(&txn, TOTALS_KEY).unwrap().is_some());
+        let recounted = Totals {
+            entries: 0,
+            bytes: 0,
+            ..old
+        };
+        assert_eq!(index.totals(&txn).unwrap(), recounted);
+        assert!(meta.get(&txn, TOTALS_KEY).unwrap().is_none());
     }
 }

@@ -254,7 +254,9 @@ impl Store {
     }
 
     /// The verified record of `key` in `txn`; `None` if there is none (or the index key is
-    /// shared by a different long key with the same hash).
+    /// shared by a different long key with the same hash). Inlined: returned from a call,
+    /// the record was written to memory and read back wider (a store-forwarding stall).
+    #[inline(always)]
     fn record<'t>(
         &self,
         local: &Local,
