@@ -65,7 +65,7 @@ const MIGRATE_BATCH: usize = 1024;
 /// the buffer is neither zeroed nor moved (a 511-byte value returned by value is copied,
 /// each copy as long as the key's search in a small cache). LMDB's own error for a key it
 /// cannot hold: an index key of 511 bytes or more (keys.rs makes none longer than 400).
-#[inline]
+#[inline(always)]
 fn with_entry_key<R>(ikey: &[u8], f: impl FnOnce(&[u8]) -> heed::Result<R>) -> heed::Result<R> {
     if ikey.len() >= MAX_LMDB_KEY {
         return Err(heed::Error::Mdb(MdbError::BadValSize));
@@ -254,8 +254,10 @@ impl Index {
         Ok(moved)
     }
 
-    /// The record stored under index key `ikey`.
-    #[inline]
+    /// The record stored under index key `ikey`. Inlined into the hit path, as is
+    /// [`with_entry_key`]: LMDB's result returned through memory cost a store-forwarding
+    /// stall (a wide load of what narrower stores had just written).
+    #[inline(always)]
     pub(crate) fn get<'t>(&self, txn: &'t RoTxn, ikey: &[u8]) -> heed::Result<Option<&'t [u8]>> {
         with_entry_key(ikey, |key| self.main.get(txn, key))
     }

@@ -769,22 +769,31 @@ impl DiskCache {
         }
     }
 
-    /// Records a hit (and, under LRU, the use) and wraps the value.
+    /// Records a hit (and, under LRU, the use) and wraps the value. Inlined into the hit
+    /// path: the value returned through memory cost a store-forwarding stall (a wide load
+    /// of what narrower stores had just written); the LRU write stays out of line.
+    #[inline(always)]
     fn hit<T>(&self, key: &str, value: T, meta: Meta, now: &LazyNow) -> DiskCacheValue<T> {
         self.store.count(true);
         if self.policy == EvictionPolicy::LeastRecentlyUsed
             && now.get().saturating_sub(meta.order_ns) > LRU_GRANULARITY_NS
-            && let Err(err) = self.store.restamp(
-                key,
-                Restamp {
-                    order_ns: Some(now.get()),
-                    ..Restamp::default()
-                },
-            )
         {
-            tracing::debug!("cannot record the use of {key:?}: {err}");
+            self.record_use(key, now.get());
         }
         to_value(value, meta)
+    }
+
+    /// Moves `key` to the young end of the eviction order (LRU), at most once per
+    /// [`LRU_GRANULARITY_NS`]: a write, so a failure is only logged (the hit stands).
+    #[inline(never)]
+    fn record_use(&self, key: &str, now: u64) {
+        let moved = Restamp {
+            order_ns: Some(now),
+            ..Restamp::default()
+        };
+        if let Err(err) = self.store.restamp(key, moved) {
+            tracing::debug!("cannot record the use of {key:?}: {err}");
+        }
     }
 
     fn lookup<T: DeserializeOwned>(
