@@ -271,8 +271,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        let record =
-            Record::decode(ikey.as_bytes(), bytes).map_err(|detail| self.corrupt(key, detail))?;
+        let record = Record::decode_inline(ikey.as_bytes(), bytes)
+            .map_err(|detail| self.corrupt(key, detail))?;
         Ok(record
             .stored_key
             .is_none_or(|stored| stored == key.as_bytes())
