@@ -223,7 +223,7 @@ fn a_migration_sigkilled_at_any_point_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let pristine = tmp.path().join("pristine");
     let keys = keys(20_000);
-    make_format_1_cache(&pristine, &keys);
+    assert_eq!(make_format_1_cache(&pristine, &keys), keys.len());
 
     // How long a whole migrating child takes here: the kills are spread over it.
     let whole = tmp.path().join("whole");
