@@ -18,6 +18,7 @@
 
 use std::any::TypeId;
 use std::borrow::Cow;
+use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 
 use serde::Serialize;
@@ -56,6 +57,37 @@ pub(crate) fn check_raw(key: &str, bytes: &[u8]) -> Result<()> {
         return Err(too_large(key));
     }
     Ok(())
+}
+
+/// Turns the payload a lookup found into the value it returns. Closures are decoders;
+/// [`Typed`] is the one of the hit path.
+pub(crate) trait Decode<R> {
+    fn decode(&mut self, format: Format, payload: &[u8]) -> Result<R>;
+}
+
+impl<R, F: FnMut(Format, &[u8]) -> Result<R>> Decode<R> for F {
+    #[inline]
+    fn decode(&mut self, format: Format, payload: &[u8]) -> Result<R> {
+        self(format, payload)
+    }
+}
+
+/// The decoder of `T` values for `key` ([`decode`]). Not a closure: a closure's body was
+/// called out of line, and its `Result` returned through memory was a store-forwarding
+/// stall on every hit; this method is inlined.
+pub(crate) struct Typed<'k, T>(&'k str, PhantomData<fn() -> T>);
+
+impl<'k, T> Typed<'k, T> {
+    pub(crate) fn new(key: &'k str) -> Self {
+        Typed(key, PhantomData)
+    }
+}
+
+impl<T: DeserializeOwned> Decode<T> for Typed<'_, T> {
+    #[inline(always)]
+    fn decode(&mut self, format: Format, payload: &[u8]) -> Result<T> {
+        decode(self.0, format, payload)
+    }
 }
 
 /// The value of type `T` in a payload of `format`.

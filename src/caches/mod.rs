@@ -399,7 +399,7 @@ impl DiskCache {
     /// Errors: [`Error::Decode`] if the value is not a `T`; [`Error::Corrupt`] if its bytes
     /// fail their checksum.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<DiskCacheValue<T>>> {
-        let local = self.read(key, |format, payload| codec::decode(key, format, payload))?;
+        let local = self.read_with(key, codec::Typed::new(key))?;
         match &self.shared {
             // A local miss reads through to the shared tier (a local hit makes no call).
             Some(side) if local.is_none() => self.get_shared(side, key),
@@ -759,8 +759,18 @@ impl DiskCache {
         key: &str,
         decode: impl FnMut(Format, &[u8]) -> Result<R>,
     ) -> Result<Option<DiskCacheValue<R>>> {
+        self.read_with(key, decode)
+    }
+
+    /// [`read`](Self::read) with any decoder (`get`'s is not a closure, see
+    /// [`codec::Typed`]).
+    fn read_with<R>(
+        &self,
+        key: &str,
+        decode: impl codec::Decode<R>,
+    ) -> Result<Option<DiskCacheValue<R>>> {
         let now = LazyNow::default();
-        match self.store.lookup(key, |meta| now.live(meta), decode)? {
+        match self.store.lookup_with(key, |meta| now.live(meta), decode)? {
             Lookup::Found(meta, value) => Ok(Some(self.hit(key, value, meta, &now))),
             Lookup::Missing | Lookup::Rejected => {
                 self.store.count(false);
@@ -801,9 +811,7 @@ impl DiskCache {
         key: &str,
         accept: impl Fn(&Meta) -> bool,
     ) -> Result<Lookup<T>> {
-        self.store.lookup(key, accept, |format, payload| {
-            codec::decode(key, format, payload)
-        })
+        self.store.lookup_with(key, accept, codec::Typed::new(key))
     }
 }
 

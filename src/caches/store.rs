@@ -7,6 +7,7 @@ use std::time::Duration;
 use heed::{MdbError, RoTxn, RwTxn, WithoutTls};
 
 use super::blobs::{Blobs, sweep_dir};
+use super::codec::Decode;
 use super::index::{Garbage, Index, Totals};
 use super::key_locks::KEY_LOCK_FILE;
 use super::keys::{IndexKey, user_key};
@@ -108,7 +109,17 @@ impl Store {
         &self,
         key: &str,
         accept: impl Fn(&Meta) -> bool,
-        mut decode: impl FnMut(Format, &[u8]) -> Result<R>,
+        decode: impl FnMut(Format, &[u8]) -> Result<R>,
+    ) -> Result<Lookup<R>> {
+        self.lookup_with(key, accept, decode)
+    }
+
+    /// [`lookup`](Self::lookup) with any [`Decode`]r (the hit path's is not a closure).
+    pub(crate) fn lookup_with<R>(
+        &self,
+        key: &str,
+        accept: impl Fn(&Meta) -> bool,
+        mut decode: impl Decode<R>,
     ) -> Result<Lookup<R>> {
         let local = self.local()?;
         let ikey = IndexKey::new(key);
@@ -126,13 +137,14 @@ impl Store {
                 }
                 match record.body {
                     Body::Inline(payload) => {
-                        return Ok(Lookup::Found(record.meta, decode(record.format, payload)?));
+                        let value = decode.decode(record.format, payload)?;
+                        return Ok(Lookup::Found(record.meta, value));
                     }
                     Body::Blob { crc, name } => (record.meta, record.format, crc, name.to_owned()),
                 }
             };
             match self.blobs().read(&name, meta.payload_len, crc, key)? {
-                Some(bytes) => return Ok(Lookup::Found(meta, decode(format, &bytes)?)),
+                Some(bytes) => return Ok(Lookup::Found(meta, decode.decode(format, &bytes)?)),
                 None if attempt < ATTEMPTS => {}
                 None => {
                     return Err(Error::Corrupt {
