@@ -313,3 +313,39 @@ fn a_cache_of_an_unknown_format_is_refused_and_left_as_it_is() {
         value("kept")
     );
 }
+
+/// A process of a format-1 build has the cache open (a shared lock on `.open.lock`, as every
+/// opener holds): a format-2 opener must not read or migrate under it, and waits until it
+/// is gone, then migrates and reads every entry.
+#[test]
+fn an_opener_waits_for_a_format_1_process_to_close_before_migrating() {
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys(20);
+    assert_eq!(make_format_1_cache(tmp.path(), &keys), keys.len());
+    // flock locks belong to the open file: this one conflicts with the cache's own.
+    let old_build = std::fs::File::open(tmp.path().join(".open.lock")).unwrap();
+    // SAFETY: flock(2) on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(old_build.as_raw_fd(), libc::LOCK_SH) },
+        0
+    );
+
+    let dir = tmp.path().to_path_buf();
+    let opener = std::thread::spawn(move || check_every_entry(&dir, &keys));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !opener.is_finished(),
+        "opened while a format-1 process had it open"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join(MARKER)).unwrap(),
+        FORMAT_1
+    );
+    drop(old_build);
+    opener.join().unwrap().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join(MARKER)).unwrap(),
+        FORMAT_2
+    );
+}
