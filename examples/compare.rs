@@ -553,7 +553,8 @@ fn engine() -> Res<()> {
 
 /// For profiles and instruction counts (`perf stat`, `perf record`): `n` hits of one kind
 /// on 1 000 keys of 100 bytes, as in `engine`: `raw` (the floor: heed read, copied into a
-/// `Vec`), `named` (the same from a named database, where format 1 kept entries), `vec`, `string`, `bytes`, `gol`.
+/// `Vec`), `named` (the same from a named database, where format 1 kept entries), `vec`,
+/// `string`, `bytes`, `gol`.
 fn hits(kind: &str, n: usize) -> Res<()> {
     let tmp = tempfile::tempdir()?;
     let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();
