@@ -159,8 +159,8 @@ def engine_table(paths):
                 runs.setdefault(r["bench"], {}).setdefault(r["stat"], []).append(r["value"])
     med = lambda v: sorted(v)[len(v) // 2] if v else None
     print(f"{len(paths)} runs; medians over runs (per-run µs/op medians listed)")
-    print(f"| {'benchmark':<28} | {'µs/op':>8} | {'runs':<24} | {'x floor':>8} | {'x WRITEMAP floor':>16} |")
-    print(f"|{'-' * 30}|{'-' * 9}:|{'-' * 26}|{'-' * 9}:|{'-' * 17}:|")
+    print(f"| {'benchmark':<28} | {'µs/op':>8} | {'runs':<24} | {'x floor':>8} | {'x floor, each run':<22} | {'x WRITEMAP floor':>16} |")
+    print(f"|{'-' * 30}|{'-' * 9}:|{'-' * 26}|{'-' * 9}:|{'-' * 24}|{'-' * 17}:|")
     for bench, stats in runs.items():
         us = med(stats["median_us"])
         ratio = lambda floor: med(stats.get(f"x_{floor}", []))
@@ -169,7 +169,10 @@ def engine_table(paths):
                  None if is_get else ratio("lmdb_raw_put_commit_writemap")]
         cells = ["" if r is None else f"{r:.2f}x" for r in cells]
         spread = ", ".join(f"{v:.3f}" for v in stats["median_us"])
-        print(f"| {bench:<28} | {us:>8.3f} | {spread:<24} | {cells[0]:>8} | {cells[1]:>16} |")
+        # Each run's own ratio: "done" for a ratio goal is judged on one run's medians.
+        floor = "x_lmdb_raw_get_notls" if is_get else "x_lmdb_raw_put_commit"
+        each = ", ".join(f"{v:.2f}" for v in stats.get(floor, []))
+        print(f"| {bench:<28} | {us:>8.3f} | {spread:<24} | {cells[0]:>8} | {each:<22} | {cells[1]:>16} |")
 
 
 def main():

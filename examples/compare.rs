@@ -253,7 +253,7 @@ fn core_child(dir: &Path, seed: u64) -> Res<()> {
 ///   copies the 100 bytes into a `Vec` (as a `get` that returns owned bytes must), and
 ///   put+commit (`NO_SYNC`) with and without `MDB_WRITEMAP` (the cache opens without it, see
 ///   docs/design.md); for reference, the raw read without the copy, and from a named
-///   database, as our index is;
+///   database, as cache format 1 kept its entries (format 2 keeps them in the main one);
 /// - ours: one cache per kind of value, each holding the same 1 000 keys as the floor;
 ///   `get` as `Vec<u8>` and as `String`, `get_bytes`, `with_bytes`, a `get_or_load`
 ///   hit, `set` of a `Vec<u8>` and a `String`, `set_bytes` (`Durability::Fast`);
@@ -553,7 +553,8 @@ fn engine() -> Res<()> {
 
 /// For profiles and instruction counts (`perf stat`, `perf record`): `n` hits of one kind
 /// on 1 000 keys of 100 bytes, as in `engine`: `raw` (the floor: heed read, copied into a
-/// `Vec`), `named` (the same from a named database), `vec`, `string`, `bytes`, `gol`.
+/// `Vec`), `named` (the same from a named database, where format 1 kept entries), `vec`,
+/// `string`, `bytes`, `gol`.
 fn hits(kind: &str, n: usize) -> Res<()> {
     let tmp = tempfile::tempdir()?;
     let keys: Vec<String> = (0..1000).map(|i| format!("key{i}")).collect();

@@ -1,23 +1,42 @@
-//! The index inside LMDB: four named databases that every write transaction updates
-//! together, so entries, their eviction order, their expiry order and the totals can never
-//! disagree, whichever process wrote last.
+//! The index inside LMDB: the entries and three named databases that every write
+//! transaction updates together, so entries, their eviction order, their expiry order and
+//! the totals can never disagree, whichever process wrote last.
 //!
 //! ```text
-//! entries   index key                  -> record (see record.rs)
-//! order     order_ns (BE) ++ index key -> ""     oldest first: eviction order (kept only
-//!                                                 while a size limit is set)
-//! expiry    expire_ns (BE) ++ index key -> ""    soonest first: lazy purge
-//! (main)    "totals"                   -> Totals
-//! meta      (empty; held the totals before: read if the main database has none)
+//! (main)    0x00 ++ index key           -> record (see record.rs)
+//! (main)    "totals"                    -> Totals
+//! (main)    "order", "expiry"           -> LMDB's records of the named databases
+//! order     order_ns (BE) ++ index key  -> ""     oldest first: eviction order (kept only
+//!                                                  while a size limit is set)
+//! expiry    expire_ns (BE) ++ index key -> ""     soonest first: lazy purge
+//! entries   (cache format 1 only: the entries, by index key; emptied by the migration)
+//! meta      (cache format 1 only: held the totals in earlier builds; emptied likewise)
 //! ```
 //!
-//! The totals live in LMDB's main database, beside the records of the named databases:
-//! every commit rewrites that page anyway (the named databases' roots moved), so updating
-//! the totals costs no page of its own (in `meta` they cost one more dirty page, written
-//! with `pwrite`, per write).
+//! The entries live in LMDB's main (unnamed) database: its root is in the meta page a read
+//! transaction starts from, whereas every read transaction marks the named databases stale
+//! and the first access to one searches the main database for its record first (about an
+//! eighth of a hit's instructions). Their keys start with the byte 0x00, which no other key
+//! in the main database starts with (those are lowercase ASCII), so a user key such as
+//! "totals" cannot meet the totals; the prefix is added and stripped here, and nothing above
+//! this module sees it. `order` and `expiry` name entries by the index key without it.
+//!
+//! The totals live in the main database too: every commit rewrites its root page anyway (the
+//! named databases' roots moved), so updating the totals costs no page of its own.
+//!
+//! This build opens no named database it does not use: each one open in the environment
+//! costs every read transaction (LMDB sets up each database's state when the transaction
+//! begins, and again when it ends), and a write touched `meta` at every commit.
+//!
+//! Cache format 1 kept the entries in a named database `entries`; the first opener of such a
+//! cache moves them here in one write transaction ([`Index::migrate_format_1`], see
+//! recovery.rs for the marker).
+
+use std::mem::MaybeUninit;
+use std::ops::Bound;
 
 use heed::types::Bytes;
-use heed::{Database, RoTxn, RwTxn};
+use heed::{Database, MdbError, RoTxn, RwTxn};
 
 use super::lmdb::LmdbEnv;
 use super::record::{Body, Meta, Record};
@@ -28,6 +47,54 @@ const PURGE_PER_WRITE: usize = 16;
 /// still over its limit, the next writes continue.
 const EVICT_PER_WRITE: usize = 256;
 const TOTALS_KEY: &[u8] = b"totals";
+/// First byte of every entry's key in the main database (see the module docs).
+const ENTRY_PREFIX: u8 = 0x00;
+/// The entries are the main database's keys from `[ENTRY_PREFIX]` up to this, excluded.
+const ENTRIES_END: &[u8] = &[ENTRY_PREFIX + 1];
+/// LMDB's longest key (`MDB_MAXKEYSIZE`).
+const MAX_LMDB_KEY: usize = 511;
+/// Where cache format 1 kept the entries.
+const FORMAT_1_ENTRIES: &str = "entries";
+/// Where builds before the totals moved to the main database kept them (format 1).
+const FORMAT_1_META: &str = "meta";
+/// Records moved per step of the migration (its memory bound; one transaction for all).
+const MIGRATE_BATCH: usize = 1024;
+
+/// Calls `f` with the key of index key `ikey`'s entry in the main database: the prefix, then
+/// the index key, in a buffer on this function's stack. A hit allocates nothing for it, and
+/// the buffer is neither zeroed nor moved (a 511-byte value returned by value is copied,
+/// each copy as long as the key's search in a small cache). LMDB's own error for a key it
+/// cannot hold: an index key of 511 bytes or more (keys.rs makes none longer than 400).
+#[inline(always)]
+fn with_entry_key<R>(ikey: &[u8], f: impl FnOnce(&[u8]) -> heed::Result<R>) -> heed::Result<R> {
+    if ikey.len() >= MAX_LMDB_KEY {
+        return Err(heed::Error::Mdb(MdbError::BadValSize));
+    }
+    let mut buf = MaybeUninit::<[u8; MAX_LMDB_KEY]>::uninit();
+    let base = buf.as_mut_ptr().cast::<u8>();
+    // SAFETY: `1 + ikey.len() <= MAX_LMDB_KEY` bytes are written from the start of `buf`
+    // (which `ikey` cannot overlap: `buf` is new), and the slice covers exactly those.
+    let key = unsafe {
+        base.write(ENTRY_PREFIX);
+        std::ptr::copy_nonoverlapping(ikey.as_ptr(), base.add(1), ikey.len());
+        std::slice::from_raw_parts(base, 1 + ikey.len())
+    };
+    f(key)
+}
+
+/// The entries of the main database in index order, as (index key, record): the prefix is
+/// stripped.
+pub(crate) struct Entries<'t>(heed::RoRange<'t, Bytes, Bytes>);
+
+impl<'t> Iterator for Entries<'t> {
+    type Item = heed::Result<(&'t [u8], &'t [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.0.next()?;
+        // Every key of the range starts with the prefix (it is the range's first byte).
+        Some(item.map(|(key, record)| (key.get(1..).unwrap_or_default(), record)))
+    }
+}
 
 /// Counters kept in the index, shared by all processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,15 +158,13 @@ pub(crate) struct Garbage {
     pub(crate) blobs: Vec<String>,
 }
 
-/// The four databases.
+/// The databases.
 #[derive(Clone, Copy)]
 pub(crate) struct Index {
-    /// LMDB's unnamed database: the named databases' records, and the totals.
+    /// LMDB's unnamed database: the entries, the named databases' records, and the totals.
     main: Database<Bytes, Bytes>,
-    entries: Database<Bytes, Bytes>,
     order: Database<Bytes, Bytes>,
     expiry: Database<Bytes, Bytes>,
-    meta: Database<Bytes, Bytes>,
 }
 
 impl Index {
@@ -108,43 +173,106 @@ impl Index {
     pub(crate) fn open(env: &LmdbEnv) -> heed::Result<Self> {
         let rtxn = env.read_txn()?;
         let open = |name| env.open_database::<Bytes, Bytes>(&rtxn, name);
-        if let (Some(main), Some(entries), Some(order), Some(expiry), Some(meta)) = (
-            open(None)?,
-            open(Some("entries"))?,
-            open(Some("order"))?,
-            open(Some("expiry"))?,
-            open(Some("meta"))?,
-        ) {
+        if let (Some(main), Some(order), Some(expiry)) =
+            (open(None)?, open(Some("order"))?, open(Some("expiry"))?)
+        {
             // Handles opened in a transaction die with it unless it commits (LMDB's rule).
             rtxn.commit()?;
             return Ok(Index {
                 main,
-                entries,
                 order,
                 expiry,
-                meta,
             });
         }
         drop(rtxn);
         let mut wtxn = env.write_txn()?;
         let index = Index {
             main: env.create_database(&mut wtxn, None)?,
-            entries: env.create_database(&mut wtxn, Some("entries"))?,
             order: env.create_database(&mut wtxn, Some("order"))?,
             expiry: env.create_database(&mut wtxn, Some("expiry"))?,
-            meta: env.create_database(&mut wtxn, Some("meta"))?,
         };
         wtxn.commit()?;
         env.force_sync()?;
         Ok(index)
     }
 
-    pub(crate) fn get<'t>(&self, txn: &'t RoTxn, ikey: &[u8]) -> heed::Result<Option<&'t [u8]>> {
-        self.entries.get(txn, ikey)
+    /// Moves the entries of a cache of format 1 from the named database `entries` into the
+    /// main database, in one write transaction (a kill leaves none or all of them moved),
+    /// and empties it; takes the counters from `meta` if the totals are still there (and
+    /// empties it); recounts the totals, commits and syncs. Returns how many entries moved;
+    /// 0 if there were none (or the move was done and committed before).
+    ///
+    /// Only with the open lock held exclusively: nobody else may read or write meanwhile.
+    pub(crate) fn migrate_format_1(&self, env: &LmdbEnv) -> heed::Result<u64> {
+        let mut txn = env.write_txn()?;
+        let moved = match env.open_database::<Bytes, Bytes>(&txn, Some(FORMAT_1_ENTRIES))? {
+            Some(old) => self.move_entries(&mut txn, old)?,
+            None => 0,
+        };
+        let mut stored = self.main.get(&txn, TOTALS_KEY)?.and_then(Totals::decode);
+        if let Some(meta) = env.open_database::<Bytes, Bytes>(&txn, Some(FORMAT_1_META))? {
+            if stored.is_none() {
+                stored = meta.get(&txn, TOTALS_KEY)?.and_then(Totals::decode);
+            }
+            meta.clear(&mut txn)?;
+        }
+        let totals = self.recount(&txn, stored.unwrap_or_default())?;
+        self.put_totals(&mut txn, &totals)?;
+        txn.commit()?;
+        env.force_sync()?;
+        Ok(moved)
     }
 
-    pub(crate) fn iter<'t>(&self, txn: &'t RoTxn) -> heed::Result<heed::RoIter<'t, Bytes, Bytes>> {
-        self.entries.iter(txn)
+    /// The migration's move: every record of `old` to the main database, then `old` emptied.
+    fn move_entries(&self, txn: &mut RwTxn, old: Database<Bytes, Bytes>) -> heed::Result<u64> {
+        let mut moved = 0;
+        let mut after: Option<Vec<u8>> = None;
+        // In batches, so memory stays bounded however large the cache; one transaction.
+        loop {
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let batch = old
+                .range(txn, &(start, Bound::Unbounded))?
+                .take(MIGRATE_BATCH)
+                .map(|item| item.map(|(ikey, record)| (ikey.to_vec(), record.to_vec())))
+                .collect::<heed::Result<Vec<_>>>()?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            for (ikey, record) in &batch {
+                match self.put_entry(txn, ikey, record) {
+                    Ok(()) => moved += 1,
+                    // Not a key format 1 wrote (at most 400 bytes): no entry to keep.
+                    Err(heed::Error::Mdb(MdbError::BadValSize)) => {
+                        tracing::warn!("dropping an index key of {} bytes", ikey.len());
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        old.clear(txn)?;
+        Ok(moved)
+    }
+
+    /// The record stored under index key `ikey`. Inlined into the hit path, as is
+    /// [`with_entry_key`]: LMDB's result returned through memory cost a store-forwarding
+    /// stall (a wide load of what narrower stores had just written).
+    #[inline(always)]
+    pub(crate) fn get<'t>(&self, txn: &'t RoTxn, ikey: &[u8]) -> heed::Result<Option<&'t [u8]>> {
+        with_entry_key(ikey, |key| self.main.get(txn, key))
+    }
+
+    fn put_entry(&self, txn: &mut RwTxn, ikey: &[u8], record: &[u8]) -> heed::Result<()> {
+        with_entry_key(ikey, |key| self.main.put(txn, key, record))
+    }
+
+    fn delete_entry(&self, txn: &mut RwTxn, ikey: &[u8]) -> heed::Result<bool> {
+        with_entry_key(ikey, |key| self.main.delete(txn, key))
+    }
+
+    /// Every entry, in index order.
+    pub(crate) fn iter<'t>(&self, txn: &'t RoTxn) -> heed::Result<Entries<'t>> {
+        self.iter_after(txn, None)
     }
 
     /// The entries after index key `after` (all of them for `None`), in index order.
@@ -152,19 +280,23 @@ impl Index {
         &self,
         txn: &'t RoTxn,
         after: Option<&[u8]>,
-    ) -> heed::Result<heed::RoRange<'t, Bytes, Bytes>> {
-        use std::ops::Bound;
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.entries.range(txn, &(start, Bound::Unbounded))
+    ) -> heed::Result<Entries<'t>> {
+        let end = Bound::Excluded(ENTRIES_END);
+        // heed copies the bounds: the range does not borrow the key.
+        let range = match after {
+            Some(after) => with_entry_key(after, |key| {
+                self.main.range(txn, &(Bound::Excluded(key), end))
+            })?,
+            None => self
+                .main
+                .range(txn, &(Bound::Included(&[ENTRY_PREFIX][..]), end))?,
+        };
+        Ok(Entries(range))
     }
 
     /// The totals; recounted from the entries if the record is missing or damaged.
     pub(crate) fn totals(&self, txn: &RoTxn) -> heed::Result<Totals> {
-        let stored = match self.main.get(txn, TOTALS_KEY)? {
-            Some(bytes) => Some(bytes),
-            None => self.meta.get(txn, TOTALS_KEY)?, // written by an earlier version
-        };
-        match stored.and_then(Totals::decode) {
+        match self.main.get(txn, TOTALS_KEY)?.and_then(Totals::decode) {
             Some(totals) => Ok(totals),
             None => self.recount(txn, Totals::default()),
         }
@@ -191,7 +323,7 @@ impl Index {
     pub(crate) fn recount(&self, txn: &RoTxn, mut totals: Totals) -> heed::Result<Totals> {
         totals.entries = 0;
         totals.bytes = 0;
-        for item in self.entries.iter(txn)? {
+        for item in self.iter(txn)? {
             let (ikey, value) = item?;
             totals.entries += 1;
             totals.bytes += footprint(ikey, value);
@@ -200,13 +332,7 @@ impl Index {
     }
 
     pub(crate) fn put_totals(&self, txn: &mut RwTxn, totals: &Totals) -> heed::Result<()> {
-        self.main.put(txn, TOTALS_KEY, &totals.encode())?;
-        // Where earlier versions kept them: gone at the first write, so an older build
-        // opening the cache later recounts instead of trusting stale totals.
-        if self.meta.get(txn, TOTALS_KEY)?.is_some() {
-            self.meta.delete(txn, TOTALS_KEY)?;
-        }
-        Ok(())
+        self.main.put(txn, TOTALS_KEY, &totals.encode())
     }
 
     /// Stores `record` (already encoded) under `ikey`, replacing and accounting for any
@@ -221,7 +347,7 @@ impl Index {
         meta: &Meta,
     ) -> heed::Result<()> {
         self.remove(txn, totals, garbage, ikey)?;
-        self.entries.put(txn, ikey, record)?;
+        self.put_entry(txn, ikey, record)?;
         if totals.ordered() {
             self.order.put(txn, &stamped(meta.order_ns, ikey), &[])?;
         }
@@ -241,7 +367,7 @@ impl Index {
         garbage: &mut Garbage,
         ikey: &[u8],
     ) -> heed::Result<bool> {
-        let Some(value) = self.entries.get(txn, ikey)? else {
+        let Some(value) = self.get(txn, ikey)? else {
             return Ok(false);
         };
         let size = footprint(ikey, value);
@@ -250,7 +376,7 @@ impl Index {
         let decoded = Record::decode(ikey, value)
             .ok()
             .map(|r| (r.meta, blob_name(&r)));
-        self.entries.delete(txn, ikey)?;
+        self.delete_entry(txn, ikey)?;
         if let Some((meta, blob)) = decoded {
             if totals.ordered() {
                 self.order.delete(txn, &stamped(meta.order_ns, ikey))?;
@@ -274,7 +400,7 @@ impl Index {
         ikey: &[u8],
         change: impl FnOnce(&mut Meta),
     ) -> heed::Result<bool> {
-        let Some(value) = self.entries.get(txn, ikey)? else {
+        let Some(value) = self.get(txn, ikey)? else {
             return Ok(false);
         };
         let Ok(mut record) = Record::decode(ikey, value) else {
@@ -294,7 +420,7 @@ impl Index {
         if new.expire_ns != 0 {
             self.expiry.put(txn, &stamped(new.expire_ns, ikey), &[])?;
         }
-        self.entries.put(txn, ikey, &updated)?;
+        self.put_entry(txn, ikey, &updated)?;
         Ok(true)
     }
 
@@ -342,14 +468,18 @@ impl Index {
         totals: &mut Totals,
         garbage: &mut Garbage,
     ) -> heed::Result<u64> {
-        for item in self.entries.iter(txn)? {
+        for item in self.iter(txn)? {
             let (ikey, value) = item?;
             if let Ok(record) = Record::decode(ikey, value) {
                 garbage.blobs.extend(blob_name(&record));
             }
         }
-        let count = self.entries.len(txn)?;
-        for db in [self.entries, self.order, self.expiry] {
+        let all = (
+            Bound::Included(&[ENTRY_PREFIX][..]),
+            Bound::Excluded(ENTRIES_END),
+        );
+        let count = self.main.delete_range(txn, &all)? as u64;
+        for db in [self.order, self.expiry] {
             db.clear(txn)?;
         }
         totals.entries = 0;
@@ -371,7 +501,7 @@ impl Index {
         let mut keep = Vec::new();
         let mut bad = Vec::new();
         let mut referenced = std::collections::HashSet::new();
-        for item in self.entries.iter(txn)? {
+        for item in self.iter(txn)? {
             let (ikey, value) = item?;
             match Record::decode(ikey, value) {
                 Ok(record) if valid(&record) => {
@@ -386,7 +516,7 @@ impl Index {
             }
         }
         for ikey in &bad {
-            self.entries.delete(txn, ikey)?;
+            self.delete_entry(txn, ikey)?;
         }
         self.order.clear(txn)?;
         self.expiry.clear(txn)?;
@@ -420,7 +550,7 @@ impl Index {
             return Ok(());
         }
         let mut stamps = Vec::new();
-        for item in self.entries.iter(txn)? {
+        for item in self.iter(txn)? {
             let (ikey, value) = item?;
             if let Ok(record) = Record::decode(ikey, value) {
                 stamps.push(stamped(record.meta.order_ns, ikey));
@@ -489,32 +619,36 @@ fn footprint(ikey: &[u8], record: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    /// Totals kept in the `meta` database by earlier versions are read, and moved to the
-    /// main database by the first write.
+    /// Totals kept in the `meta` database by earlier builds keep their counters through the
+    /// migration (entries and bytes are recounted), and `meta` is emptied.
     #[test]
-    fn totals_written_in_meta_by_earlier_versions_are_read_and_moved() {
+    fn totals_written_in_meta_by_earlier_builds_are_kept_by_the_migration() {
         let tmp = tempfile::tempdir().unwrap();
         let env = crate::caches::lmdb::open_env(tmp.path(), false, 1 << 20).unwrap();
         let index = Index::open(&env).unwrap();
         let old = Totals {
             entries: 3,
             bytes: 300,
-            ..Totals::default()
+            size_limit: 1 << 20,
+            hits: 5,
+            misses: 6,
+            evictions: 7,
         };
         let mut txn = env.write_txn().unwrap();
-        index.meta.put(&mut txn, TOTALS_KEY, &old.encode()).unwrap();
+        let meta = env
+            .create_database::<Bytes, Bytes>(&mut txn, Some(FORMAT_1_META))
+            .unwrap();
+        meta.put(&mut txn, TOTALS_KEY, &old.encode()).unwrap();
         txn.commit().unwrap();
 
+        assert_eq!(index.migrate_format_1(&env).unwrap(), 0);
         let txn = env.read_txn().unwrap();
-        assert_eq!(index.totals(&txn).unwrap(), old);
-        drop(txn);
-        let mut txn = env.write_txn().unwrap();
-        let new = Totals { entries: 4, ..old };
-        index.put_totals(&mut txn, &new).unwrap();
-        txn.commit().unwrap();
-        let txn = env.read_txn().unwrap();
-        assert_eq!(index.totals(&txn).unwrap(), new);
-        assert!(index.meta.get(&txn, TOTALS_KEY).unwrap().is_none());
-        assert!(index.main.get(&txn, TOTALS_KEY).unwrap().is_some());
+        let recounted = Totals {
+            entries: 0,
+            bytes: 0,
+            ..old
+        };
+        assert_eq!(index.totals(&txn).unwrap(), recounted);
+        assert!(meta.get(&txn, TOTALS_KEY).unwrap().is_none());
     }
 }

@@ -399,7 +399,7 @@ impl DiskCache {
     /// Errors: [`Error::Decode`] if the value is not a `T`; [`Error::Corrupt`] if its bytes
     /// fail their checksum.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<DiskCacheValue<T>>> {
-        let local = self.read(key, |format, payload| codec::decode(key, format, payload))?;
+        let local = self.read_with(key, codec::Typed::new(key))?;
         match &self.shared {
             // A local miss reads through to the shared tier (a local hit makes no call).
             Some(side) if local.is_none() => self.get_shared(side, key),
@@ -759,8 +759,18 @@ impl DiskCache {
         key: &str,
         decode: impl FnMut(Format, &[u8]) -> Result<R>,
     ) -> Result<Option<DiskCacheValue<R>>> {
+        self.read_with(key, decode)
+    }
+
+    /// [`read`](Self::read) with any decoder (`get`'s is not a closure, see
+    /// [`codec::Typed`]).
+    fn read_with<R>(
+        &self,
+        key: &str,
+        decode: impl codec::Decode<R>,
+    ) -> Result<Option<DiskCacheValue<R>>> {
         let now = LazyNow::default();
-        match self.store.lookup(key, |meta| now.live(meta), decode)? {
+        match self.store.lookup_with(key, |meta| now.live(meta), decode)? {
             Lookup::Found(meta, value) => Ok(Some(self.hit(key, value, meta, &now))),
             Lookup::Missing | Lookup::Rejected => {
                 self.store.count(false);
@@ -769,22 +779,31 @@ impl DiskCache {
         }
     }
 
-    /// Records a hit (and, under LRU, the use) and wraps the value.
+    /// Records a hit (and, under LRU, the use) and wraps the value. Inlined into the hit
+    /// path: the value returned through memory cost a store-forwarding stall (a wide load
+    /// of what narrower stores had just written); the LRU write stays out of line.
+    #[inline(always)]
     fn hit<T>(&self, key: &str, value: T, meta: Meta, now: &LazyNow) -> DiskCacheValue<T> {
         self.store.count(true);
         if self.policy == EvictionPolicy::LeastRecentlyUsed
             && now.get().saturating_sub(meta.order_ns) > LRU_GRANULARITY_NS
-            && let Err(err) = self.store.restamp(
-                key,
-                Restamp {
-                    order_ns: Some(now.get()),
-                    ..Restamp::default()
-                },
-            )
         {
-            tracing::debug!("cannot record the use of {key:?}: {err}");
+            self.record_use(key, now.get());
         }
         to_value(value, meta)
+    }
+
+    /// Moves `key` to the young end of the eviction order (LRU), at most once per
+    /// [`LRU_GRANULARITY_NS`]: a write, so a failure is only logged (the hit stands).
+    #[inline(never)]
+    fn record_use(&self, key: &str, now: u64) {
+        let moved = Restamp {
+            order_ns: Some(now),
+            ..Restamp::default()
+        };
+        if let Err(err) = self.store.restamp(key, moved) {
+            tracing::debug!("cannot record the use of {key:?}: {err}");
+        }
     }
 
     fn lookup<T: DeserializeOwned>(
@@ -792,9 +811,7 @@ impl DiskCache {
         key: &str,
         accept: impl Fn(&Meta) -> bool,
     ) -> Result<Lookup<T>> {
-        self.store.lookup(key, accept, |format, payload| {
-            codec::decode(key, format, payload)
-        })
+        self.store.lookup_with(key, accept, codec::Typed::new(key))
     }
 }
 

@@ -2,7 +2,8 @@
 //! (open lock, recovery, LMDB), the per-fork-generation state, and the close.
 //!
 //! ```text
-//! <dir>/.dbx-concurio   marker: "dbx-concurio cache format 1" (or "... resetting")
+//! <dir>/.dbx-concurio   marker: "dbx-concurio cache format 2" (or "... resetting"; format
+//!                       1 is migrated, recovery.rs)
 //! <dir>/.state          "<boot id> clean|dirty" (durability.rs)
 //! <dir>/.counters       shared hit/miss counters (counters.rs)
 //! <dir>/.open.lock      flock: shared while open; exclusive for recovery
@@ -23,7 +24,7 @@ use super::durability::{self, Flush, Flusher, State, StateFile};
 use super::index::Index;
 use super::key_locks::KeyLocks;
 use super::lmdb::{self, LmdbEnv};
-use super::recovery::Paths;
+use super::recovery::{Paths, Verdict};
 use crate::error::{Error, IoContext, Result};
 use crate::lock::{FileLock, LockMode};
 use crate::sys;
@@ -288,13 +289,13 @@ impl Local {
     /// The open protocol (docs/design.md, "Open, recovery and close").
     fn open(paths: &Paths, durability: Durability) -> Result<Self> {
         paths.create()?;
-        let (open_lock, first) = take_open_lock(paths)?;
+        let (open_lock, first, migrate) = take_open_lock(paths)?;
         let synced = durability == Durability::Synced;
-        let (env, index) = match open_index(paths, synced, first)? {
+        let (env, index) = match open_index(paths, synced, first, migrate)? {
             Ok(opened) => opened,
             Err(why) if first => {
                 paths.reset(&why)?;
-                open_index(paths, synced, true)?.map_err(|why| corrupt(paths, why))?
+                open_index(paths, synced, true, false)?.map_err(|why| corrupt(paths, why))?
             }
             Err(why) => return Err(corrupt(paths, why)),
         };
@@ -339,29 +340,33 @@ const OPEN_LOCK: &str = ".open.lock";
 
 /// Takes `.open.lock`: exclusively if nobody has the cache open (then we are the first
 /// opener and check it), else shared. A shared opener that finds the cache needing a reset
-/// (its reset was interrupted, or nobody did it) lets go and comes back exclusively.
-fn take_open_lock(paths: &Paths) -> Result<(FileLock, bool)> {
+/// (its reset was interrupted, or nobody did it) or a migration (a build of format 1 has it
+/// open) lets go and comes back exclusively. Returns the lock, whether we are the first
+/// opener, and whether the index must be migrated from format 1 (see recovery.rs).
+fn take_open_lock(paths: &Paths) -> Result<(FileLock, bool, bool)> {
     let path = paths.dir.join(OPEN_LOCK);
     if let Some(lock) = FileLock::try_acquire(&path, LockMode::Exclusive)? {
-        paths.recover()?;
-        return Ok((lock, true));
+        let migrate = paths.recover()?;
+        return Ok((lock, true, migrate));
     }
     let shared = FileLock::acquire(&path, LockMode::Shared, None)?;
-    if paths.reset_reason()?.is_none() {
-        return Ok((shared, false));
+    if paths.verdict()? == Verdict::Ready {
+        return Ok((shared, false, false));
     }
     drop(shared);
     let lock = FileLock::acquire(&path, LockMode::Exclusive, None)?;
-    paths.recover()?;
-    Ok((lock, true))
+    let migrate = paths.recover()?;
+    Ok((lock, true, migrate))
 }
 
 /// Opens the environment and the index; `Ok(Err(why))` if the index is damaged (the first
 /// opener then resets it). `first`: the first opener, alone, also checks the meta page.
+/// `migrate`: the index is of format 1; move it to this build's format (first opener only).
 fn open_index(
     paths: &Paths,
     synced: bool,
     first: bool,
+    migrate: bool,
 ) -> Result<std::result::Result<(LmdbEnv, Index), String>> {
     let index_dir = &paths.index_dir;
     let map = lmdb::map_size(index_dir).map_err(|e| lmdb::storage_error(index_dir, e))?;
@@ -375,8 +380,23 @@ fn open_index(
     if first && let Some(why) = lmdb::damaged_meta(&env, index_dir, map) {
         return Ok(Err(why));
     }
-    match Index::open(&env) {
-        Ok(index) => Ok(Ok((env, index))),
+    let opened = Index::open(&env).and_then(|index| {
+        if migrate {
+            let moved = index.migrate_format_1(&env)?;
+            tracing::info!(
+                "migrated cache {} to the current format ({moved} entries moved)",
+                paths.dir.display()
+            );
+        }
+        Ok(index)
+    });
+    match opened {
+        Ok(index) => {
+            if migrate {
+                paths.mark_migrated()?;
+            }
+            Ok(Ok((env, index)))
+        }
         Err(err) if lmdb::is_corruption(&err) => {
             Ok(Err(format!("the index cannot be read ({err})")))
         }

@@ -5,21 +5,45 @@
 //! (not only the first) checks the marker and the state, so a reset that was killed
 //! half-way is finished by the next opener before anybody writes to the half-reset cache,
 //! and nothing written after a reset can be wiped by a later one for the same cause.
+//!
+//! The marker also names the cache format: the layout of the index (records carry their own
+//! version, record.rs). Format 2 keeps the entries in LMDB's main database, format 1 kept
+//! them in a named one (index.rs). A build of format 2 migrates a format-1 cache when it
+//! opens it first (the open lock held exclusively: no other process has it open), and
+//! writes the format-2 marker only after the move has committed and been synced: a kill at
+//! any point leaves a format-1 marker, and the next opener moves what is left (LMDB's
+//! transaction moved all or nothing). Builds of format 1 refuse a format-2 cache (they
+//! refuse any marker of another format), so they never see it as empty and write beside
+//! the entries; this build refuses formats it does not know the same way.
 
 use std::fs;
 use std::path::PathBuf;
 
 use super::durability::{self, State};
-use super::record::FORMAT_VERSION;
 use crate::atomic::write_atomically;
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
 
 const MARKER: &str = ".dbx-concurio";
-const MARKER_TEXT: &str = "dbx-concurio cache format 1\n";
+/// The cache format this build reads and writes.
+const FORMAT: u32 = 2;
+const MARKER_TEXT: &str = "dbx-concurio cache format 2\n";
+/// The format this build migrates (see the module docs).
+const FORMAT_1_TEXT: &str = "dbx-concurio cache format 1\n";
 const RESETTING_TEXT: &str = "dbx-concurio cache resetting\n";
 /// Prefix of the temp files of atomic writes in a cache directory (`check` removes old ones).
 pub(crate) const TEMP_PREFIX: &str = ".tmp";
+
+/// What an opener must do before it uses a cache (see [`Paths::verdict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Use it.
+    Ready,
+    /// Move its index from format 1 to this build's format first.
+    Migrate,
+    /// Reset it first, for this reason.
+    Reset(&'static str),
+}
 
 /// The paths of one cache directory.
 #[derive(Debug, Clone)]
@@ -47,53 +71,74 @@ impl Paths {
         Ok(())
     }
 
-    /// Why the cache must be reset before anybody uses it, if it must. Cheap (two small
-    /// reads): every opener calls it.
-    pub(crate) fn reset_reason(&self) -> Result<Option<&'static str>> {
+    /// What must happen before anybody uses the cache. Cheap (two small reads): every
+    /// opener calls it.
+    pub(crate) fn verdict(&self) -> Result<Verdict> {
         let marker = self.dir.join(MARKER);
         // Read as bytes: a marker that is not even UTF-8 is garbage too (reset), not an error.
-        match fs::read(&marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
-            Ok(text) if text == MARKER_TEXT => {}
+        let format_1 = match fs::read(&marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
+            Ok(text) if text == MARKER_TEXT => false,
+            Ok(text) if text == FORMAT_1_TEXT => true,
             Ok(text) if text == RESETTING_TEXT => {
-                return Ok(Some("an earlier reset was interrupted"));
+                return Ok(Verdict::Reset("an earlier reset was interrupted"));
             }
             Ok(text) if text.starts_with("dbx-concurio cache format ") => {
-                return Err(Error::Unsupported(format!(
-                    "{} holds a cache of another format ({}); this build reads format {FORMAT_VERSION}",
-                    self.dir.display(),
-                    text.trim()
-                )));
+                return Err(self.unknown_format(text.trim()));
             }
-            Ok(_) => return Ok(Some("its marker file is damaged")),
+            Ok(_) => return Ok(Verdict::Reset("its marker file is damaged")),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 // A new cache has no index yet; an index without a marker is not ours to trust.
                 if self.index_dir.join("data.mdb").exists() {
-                    return Ok(Some("its marker file is missing"));
+                    return Ok(Verdict::Reset("its marker file is missing"));
                 }
+                false
             }
             Err(err) => return Err(Error::io("read", marker, err)),
-        }
+        };
         if let (State::Dirty { boot }, Some(now)) =
             (durability::read_state(&self.dir), sys::boot_id())
             && boot != now
         {
-            return Ok(Some(
+            return Ok(Verdict::Reset(
                 "the machine restarted while unsynced writes were pending",
             ));
         }
-        Ok(None)
+        Ok(if format_1 {
+            Verdict::Migrate
+        } else {
+            Verdict::Ready
+        })
+    }
+
+    /// The error for a marker of a format this build neither reads nor migrates: nothing in
+    /// the directory is touched; the way out is a build that reads it, or another directory.
+    fn unknown_format(&self, marker: &str) -> Error {
+        Error::Unsupported(format!(
+            "{} holds a cache of another format ({marker}); this build reads format {FORMAT} \
+             (and migrates format 1): open it with the build that wrote it (or a newer one), \
+             or delete the directory (or choose another) to start an empty cache",
+            self.dir.display()
+        ))
     }
 
     /// Run by an opener that holds the open lock exclusively (no process has the cache
-    /// open): resets the cache if it must, and writes the marker of a new cache.
-    pub(crate) fn recover(&self) -> Result<()> {
-        if let Some(why) = self.reset_reason()? {
-            return self.reset(why);
+    /// open): resets the cache if it must, and writes the marker of a new cache. Returns
+    /// whether the index is of format 1 (then the opener migrates it, see
+    /// [`mark_migrated`](Self::mark_migrated)).
+    pub(crate) fn recover(&self) -> Result<bool> {
+        match self.verdict()? {
+            Verdict::Reset(why) => self.reset(why)?,
+            Verdict::Migrate => return Ok(true),
+            Verdict::Ready if !self.dir.join(MARKER).exists() => self.write_marker(MARKER_TEXT)?,
+            Verdict::Ready => {}
         }
-        if !self.dir.join(MARKER).exists() {
-            self.write_marker(MARKER_TEXT)?;
-        }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Records that the index was migrated to this build's format: only once the move has
+    /// committed and is on disk (see the module docs).
+    pub(crate) fn mark_migrated(&self) -> Result<()> {
+        self.write_marker(MARKER_TEXT)
     }
 
     /// Deletes the index and the value files and starts an empty cache, in an order that

@@ -7,6 +7,7 @@ use std::time::Duration;
 use heed::{MdbError, RoTxn, RwTxn, WithoutTls};
 
 use super::blobs::{Blobs, sweep_dir};
+use super::codec::Decode;
 use super::index::{Garbage, Index, Totals};
 use super::key_locks::KEY_LOCK_FILE;
 use super::keys::{IndexKey, user_key};
@@ -108,7 +109,17 @@ impl Store {
         &self,
         key: &str,
         accept: impl Fn(&Meta) -> bool,
-        mut decode: impl FnMut(Format, &[u8]) -> Result<R>,
+        decode: impl FnMut(Format, &[u8]) -> Result<R>,
+    ) -> Result<Lookup<R>> {
+        self.lookup_with(key, accept, decode)
+    }
+
+    /// [`lookup`](Self::lookup) with any [`Decode`]r (the hit path's is not a closure).
+    pub(crate) fn lookup_with<R>(
+        &self,
+        key: &str,
+        accept: impl Fn(&Meta) -> bool,
+        mut decode: impl Decode<R>,
     ) -> Result<Lookup<R>> {
         let local = self.local()?;
         let ikey = IndexKey::new(key);
@@ -126,13 +137,14 @@ impl Store {
                 }
                 match record.body {
                     Body::Inline(payload) => {
-                        return Ok(Lookup::Found(record.meta, decode(record.format, payload)?));
+                        let value = decode.decode(record.format, payload)?;
+                        return Ok(Lookup::Found(record.meta, value));
                     }
                     Body::Blob { crc, name } => (record.meta, record.format, crc, name.to_owned()),
                 }
             };
             match self.blobs().read(&name, meta.payload_len, crc, key)? {
-                Some(bytes) => return Ok(Lookup::Found(meta, decode(format, &bytes)?)),
+                Some(bytes) => return Ok(Lookup::Found(meta, decode.decode(format, &bytes)?)),
                 None if attempt < ATTEMPTS => {}
                 None => {
                     return Err(Error::Corrupt {
@@ -254,7 +266,9 @@ impl Store {
     }
 
     /// The verified record of `key` in `txn`; `None` if there is none (or the index key is
-    /// shared by a different long key with the same hash).
+    /// shared by a different long key with the same hash). Inlined: returned from a call,
+    /// the record was written to memory and read back wider (a store-forwarding stall).
+    #[inline(always)]
     fn record<'t>(
         &self,
         local: &Local,
@@ -269,8 +283,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        let record =
-            Record::decode(ikey.as_bytes(), bytes).map_err(|detail| self.corrupt(key, detail))?;
+        let record = Record::decode_inline(ikey.as_bytes(), bytes)
+            .map_err(|detail| self.corrupt(key, detail))?;
         Ok(record
             .stored_key
             .is_none_or(|stored| stored == key.as_bytes())
