@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock, Weak};
 
 use super::counters::Counters;
-use super::durability::{self, Flush, Flusher, State, StateFile};
+use super::durability::{self, Flush, Flusher, StateFile};
 use super::index::Index;
 use super::key_locks::KeyLocks;
 use super::lmdb::{self, LmdbEnv};
-use super::recovery::{Paths, Verdict};
+use super::recovery::{Paths, Recovered, Verdict};
 use crate::error::{Error, IoContext, Result};
 use crate::lock::{FileLock, LockMode};
 use crate::sys;
@@ -289,17 +289,21 @@ impl Local {
     /// The open protocol (docs/design.md, "Open, recovery and close").
     fn open(paths: &Paths, durability: Durability) -> Result<Self> {
         paths.create()?;
-        let (open_lock, first, migrate) = take_open_lock(paths)?;
+        let (open_lock, recovered) = take_open_lock(paths)?;
+        let first = recovered.is_some();
+        let Recovered { migrate, dirty } = recovered.unwrap_or_default();
         let synced = durability == Durability::Synced;
-        let (env, index) = match open_index(paths, synced, first, migrate)? {
-            Ok(opened) => opened,
+        let ((env, index), reset) = match open_index(paths, synced, first, migrate)? {
+            Ok(opened) => (opened, false),
             Err(why) if first => {
                 paths.reset(&why)?;
-                open_index(paths, synced, true, false)?.map_err(|why| corrupt(paths, why))?
+                let opened = open_index(paths, synced, true, false)?;
+                (opened.map_err(|why| corrupt(paths, why))?, true)
             }
             Err(why) => return Err(corrupt(paths, why)),
         };
-        if first && matches!(durability::read_state(&paths.dir), State::Dirty { .. }) {
+        // `.state` as the recovery check read it: a reset (above or in it) leaves it clean.
+        if dirty && !reset {
             // Dirty from this boot (another boot's was reset above): its writers died
             // before flushing, but the page cache holds their commits. Make them durable.
             if durability::sync_all(&paths.dir)? {
@@ -341,22 +345,20 @@ const OPEN_LOCK: &str = ".open.lock";
 /// Takes `.open.lock`: exclusively if nobody has the cache open (then we are the first
 /// opener and check it), else shared. A shared opener that finds the cache needing a reset
 /// (its reset was interrupted, or nobody did it) or a migration (a build of format 1 has it
-/// open) lets go and comes back exclusively. Returns the lock, whether we are the first
-/// opener, and whether the index must be migrated from format 1 (see recovery.rs).
-fn take_open_lock(paths: &Paths) -> Result<(FileLock, bool, bool)> {
+/// open) lets go and comes back exclusively. Returns the lock and, for the first opener,
+/// what the recovery check left it to do (see recovery.rs).
+fn take_open_lock(paths: &Paths) -> Result<(FileLock, Option<Recovered>)> {
     let path = paths.dir.join(OPEN_LOCK);
     if let Some(lock) = FileLock::try_acquire(&path, LockMode::Exclusive)? {
-        let migrate = paths.recover()?;
-        return Ok((lock, true, migrate));
+        return Ok((lock, Some(paths.recover()?)));
     }
     let shared = FileLock::acquire(&path, LockMode::Shared, None)?;
-    if paths.verdict()? == Verdict::Ready {
-        return Ok((shared, false, false));
+    if matches!(paths.verdict()?, Verdict::Ready(_)) {
+        return Ok((shared, None));
     }
     drop(shared);
     let lock = FileLock::acquire(&path, LockMode::Exclusive, None)?;
-    let migrate = paths.recover()?;
-    Ok((lock, true, migrate))
+    Ok((lock, Some(paths.recover()?)))
 }
 
 /// Opens the environment and the index; `Ok(Err(why))` if the index is damaged (the first

@@ -38,11 +38,29 @@ pub(crate) const TEMP_PREFIX: &str = ".tmp";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Use it.
-    Ready,
+    Ready(Found),
     /// Move its index from format 1 to this build's format first.
-    Migrate,
+    Migrate(Found),
     /// Reset it first, for this reason.
     Reset(&'static str),
+}
+
+/// What the check of a usable cache found, so the first opener need not look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// No marker yet: a new cache (the first opener writes it).
+    pub(crate) unmarked: bool,
+    /// `.state` says this boot's writers left unsynced writes (the first opener syncs).
+    pub(crate) dirty: bool,
+}
+
+/// What the first opener must still do after [`Paths::recover`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// The index is of format 1: migrate it (see [`Paths::mark_migrated`]).
+    pub(crate) migrate: bool,
+    /// `.state` says writers of this boot left unsynced writes: sync them.
+    pub(crate) dirty: bool,
 }
 
 /// The paths of one cache directory.
@@ -64,9 +82,13 @@ impl Paths {
         }
     }
 
+    /// Creates the subdirectories that are missing. One `stat` each when they exist (every
+    /// open of an existing cache): `mkdir` first would cost a failed `mkdir` and a `stat`.
     pub(crate) fn create(&self) -> Result<()> {
         for sub in [&self.index_dir, &self.blob_dir, &self.lock_dir] {
-            sys::create_private_dir_all(sub).at("create directory", sub)?;
+            if !fs::metadata(sub).is_ok_and(|meta| meta.is_dir()) {
+                sys::create_private_dir_all(sub).at("create directory", sub)?;
+            }
         }
         Ok(())
     }
@@ -76,37 +98,39 @@ impl Paths {
     pub(crate) fn verdict(&self) -> Result<Verdict> {
         let marker = self.dir.join(MARKER);
         // Read as bytes: a marker that is not even UTF-8 is garbage too (reset), not an error.
-        let format_1 = match fs::read(&marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
-            Ok(text) if text == MARKER_TEXT => false,
-            Ok(text) if text == FORMAT_1_TEXT => true,
-            Ok(text) if text == RESETTING_TEXT => {
-                return Ok(Verdict::Reset("an earlier reset was interrupted"));
-            }
-            Ok(text) if text.starts_with("dbx-concurio cache format ") => {
-                return Err(self.unknown_format(text.trim()));
-            }
-            Ok(_) => return Ok(Verdict::Reset("its marker file is damaged")),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                // A new cache has no index yet; an index without a marker is not ours to trust.
-                if self.index_dir.join("data.mdb").exists() {
-                    return Ok(Verdict::Reset("its marker file is missing"));
+        let (format_1, unmarked) =
+            match fs::read(&marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
+                Ok(text) if text == MARKER_TEXT => (false, false),
+                Ok(text) if text == FORMAT_1_TEXT => (true, false),
+                Ok(text) if text == RESETTING_TEXT => {
+                    return Ok(Verdict::Reset("an earlier reset was interrupted"));
                 }
-                false
+                Ok(text) if text.starts_with("dbx-concurio cache format ") => {
+                    return Err(self.unknown_format(text.trim()));
+                }
+                Ok(_) => return Ok(Verdict::Reset("its marker file is damaged")),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    // A new cache has no index yet; an index without a marker is not ours to trust.
+                    if self.index_dir.join("data.mdb").exists() {
+                        return Ok(Verdict::Reset("its marker file is missing"));
+                    }
+                    (false, true)
+                }
+                Err(err) => return Err(Error::io("read", marker, err)),
+            };
+        let dirty = match (durability::read_state(&self.dir), sys::boot_id()) {
+            (State::Dirty { boot }, Some(now)) if boot != now => {
+                return Ok(Verdict::Reset(
+                    "the machine restarted while unsynced writes were pending",
+                ));
             }
-            Err(err) => return Err(Error::io("read", marker, err)),
+            (state, _) => matches!(state, State::Dirty { .. }),
         };
-        if let (State::Dirty { boot }, Some(now)) =
-            (durability::read_state(&self.dir), sys::boot_id())
-            && boot != now
-        {
-            return Ok(Verdict::Reset(
-                "the machine restarted while unsynced writes were pending",
-            ));
-        }
+        let found = Found { unmarked, dirty };
         Ok(if format_1 {
-            Verdict::Migrate
+            Verdict::Migrate(found)
         } else {
-            Verdict::Ready
+            Verdict::Ready(found)
         })
     }
 
@@ -122,17 +146,27 @@ impl Paths {
     }
 
     /// Run by an opener that holds the open lock exclusively (no process has the cache
-    /// open): resets the cache if it must, and writes the marker of a new cache. Returns
-    /// whether the index is of format 1 (then the opener migrates it, see
-    /// [`mark_migrated`](Self::mark_migrated)).
-    pub(crate) fn recover(&self) -> Result<bool> {
-        match self.verdict()? {
-            Verdict::Reset(why) => self.reset(why)?,
-            Verdict::Migrate => return Ok(true),
-            Verdict::Ready if !self.dir.join(MARKER).exists() => self.write_marker(MARKER_TEXT)?,
-            Verdict::Ready => {}
-        }
-        Ok(false)
+    /// open): resets the cache if it must, and writes the marker of a new cache.
+    pub(crate) fn recover(&self) -> Result<Recovered> {
+        Ok(match self.verdict()? {
+            Verdict::Reset(why) => {
+                self.reset(why)?; // a reset cache is clean, of this build's format, marked
+                Recovered::default()
+            }
+            Verdict::Migrate(Found { dirty, .. }) => Recovered {
+                migrate: true,
+                dirty,
+            },
+            Verdict::Ready(Found { unmarked, dirty }) => {
+                if unmarked {
+                    self.write_marker(MARKER_TEXT)?;
+                }
+                Recovered {
+                    migrate: false,
+                    dirty,
+                }
+            }
+        })
     }
 
     /// Records that the index was migrated to this build's format: only once the move has

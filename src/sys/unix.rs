@@ -321,9 +321,15 @@ pub(crate) fn set_cloexec_on_descriptors_of(file: &File) -> io::Result<()> {
 }
 
 /// Sets close-on-exec on `fd` if it refers to the file `target` (device, inode) and lacks
-/// it; true if it did.
+/// it; true if it did. The flag is looked at first: LMDB opens its other descriptors of
+/// the file with it, so those cost one call, not two.
 fn set_cloexec_if_inherited(fd: i32, target: (u64, u64)) -> bool {
-    // SAFETY: fstat into a zeroed struct; a stale fd number just fails with EBADF.
+    // SAFETY: F_GETFD on any number: a stale one just fails with EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 || flags & libc::FD_CLOEXEC != 0 {
+        return false;
+    }
+    // SAFETY: fstat into a zeroed struct, on a descriptor that F_GETFD just accepted.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         return false;
@@ -332,11 +338,7 @@ fn set_cloexec_if_inherited(fd: i32, target: (u64, u64)) -> bool {
     if (st.st_dev as u64, st.st_ino as u64) != target {
         return false;
     }
-    // SAFETY: F_GETFD/F_SETFD on a descriptor that fstat just accepted.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 || flags & libc::FD_CLOEXEC != 0 {
-        return false;
-    }
+    // SAFETY: F_SETFD on the same descriptor.
     unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) == 0 }
 }
 
