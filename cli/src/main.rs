@@ -9,6 +9,8 @@ mod holder;
 mod install;
 mod json_value;
 mod output;
+// Only glibc Linux loads libm.so for it (see the module).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod pow;
 mod run;
 mod run_argv;
