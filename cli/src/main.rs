@@ -8,6 +8,7 @@ mod duration;
 mod holder;
 mod install;
 mod json_value;
+mod logging;
 mod output;
 // Only glibc Linux loads libm.so for it (see the module).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -61,7 +62,7 @@ pub type Outcome = Result<u8, Failure>;
 fn main() -> ExitCode {
     adopt_cli_environment();
     let cli = Cli::parse_args(); // usage errors: clap's message, exit 2
-    init_logging(cli.verbosity);
+    logging::init(cli.verbosity);
     match try_main(cli) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
@@ -111,37 +112,5 @@ fn adopt_cli_environment() {
             // environment is read elsewhere.
             unsafe { std::env::set_var(library, value) };
         }
-    }
-}
-
-/// Logs go to stderr: warnings by default, `-v`/`-q` move the level, `CONCURIO_LOG` (an
-/// env-filter directive) applies when neither is given. No colour unless stderr is a terminal
-/// and `NO_COLOR` is unset.
-fn init_logging(Verbosity { verbose, quiet }: Verbosity) {
-    use tracing_subscriber::filter::LevelFilter;
-    let level = match (quiet, verbose) {
-        (2.., _) => LevelFilter::OFF,
-        (1, _) => LevelFilter::ERROR,
-        (_, 0) => LevelFilter::WARN,
-        (_, 1) => LevelFilter::INFO,
-        (_, 2) => LevelFilter::DEBUG,
-        _ => LevelFilter::TRACE,
-    };
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && !no_color)
-        .with_target(false)
-        .without_time();
-    // A plain level filter unless CONCURIO_LOG is used: an env filter costs every process
-    // its code's first-touch page faults (~15 µs of a ~1 ms `run` cache hit, measured).
-    let from_env = (verbose == 0 && quiet == 0)
-        .then(|| std::env::var_os("CONCURIO_LOG"))
-        .flatten()
-        .filter(|v| !v.is_empty())
-        .and_then(|_| tracing_subscriber::EnvFilter::try_from_env("CONCURIO_LOG").ok());
-    match from_env {
-        Some(filter) => builder.with_env_filter(filter).init(),
-        None => builder.with_max_level(level).init(),
     }
 }
