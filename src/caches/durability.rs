@@ -49,7 +49,7 @@ pub(crate) enum State {
 
 /// Reads `.state` (a missing or unreadable file counts as clean: a new cache).
 pub(crate) fn read_state(dir: &Path) -> State {
-    parse(&std::fs::read(dir.join(STATE_FILE)).unwrap_or_default())
+    parse(&crate::atomic::read_small(&dir.join(STATE_FILE)).unwrap_or_default())
 }
 
 fn parse(bytes: &[u8]) -> State {

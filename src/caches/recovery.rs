@@ -20,7 +20,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use super::durability::{self, State};
-use crate::atomic::write_atomically;
+use crate::atomic::{read_small, write_atomically};
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
 
@@ -99,7 +99,7 @@ impl Paths {
         let marker = self.dir.join(MARKER);
         // Read as bytes: a marker that is not even UTF-8 is garbage too (reset), not an error.
         let (format_1, unmarked) =
-            match fs::read(&marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
+            match read_small(&marker).map(|b| String::from_utf8_lossy(&b).into_owned()) {
                 Ok(text) if text == MARKER_TEXT => (false, false),
                 Ok(text) if text == FORMAT_1_TEXT => (true, false),
                 Ok(text) if text == RESETTING_TEXT => {

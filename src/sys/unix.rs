@@ -46,10 +46,23 @@ pub(crate) fn boot_id() -> Option<String> {
     static BOOT_ID: OnceLock<Option<String>> = OnceLock::new();
     BOOT_ID
         .get_or_init(|| {
-            fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
+            // Read to its end through a buffer that holds it: `read_to_string` adds a
+            // `statx`, and reads a /proc file (which reports no size) 32 bytes at a time.
+            let mut file = File::open("/proc/sys/kernel/random/boot_id").ok()?;
+            let mut buf = [0u8; 128];
+            let mut len = 0;
+            while len < buf.len() {
+                match io::Read::read(&mut file, &mut buf[len..]) {
+                    Ok(0) => break,
+                    Ok(n) => len += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return None,
+                }
+            }
+            // Longer than any boot id: not one (never a truncated one, which would look
+            // like another boot's and reset caches).
+            let id = std::str::from_utf8(&buf[..len]).ok()?.trim();
+            (len < buf.len() && !id.is_empty()).then(|| id.to_owned())
         })
         .clone()
 }
