@@ -353,7 +353,7 @@ fn take_open_lock(paths: &Paths) -> Result<(FileLock, Option<Recovered>)> {
         return Ok((lock, Some(paths.recover()?)));
     }
     let shared = FileLock::acquire(&path, LockMode::Shared, None)?;
-    if matches!(paths.verdict()?, Verdict::Ready(_)) {
+    if matches!(paths.verdict()?, Verdict::Ready { .. }) {
         return Ok((shared, None));
     }
     drop(shared);

@@ -34,24 +34,17 @@ const RESETTING_TEXT: &str = "dbx-concurio cache resetting\n";
 /// Prefix of the temp files of atomic writes in a cache directory (`check` removes old ones).
 pub(crate) const TEMP_PREFIX: &str = ".tmp";
 
-/// What an opener must do before it uses a cache (see [`Paths::verdict`]).
+/// What an opener must do before it uses a cache (see [`Paths::verdict`]). `dirty`:
+/// `.state` says this boot's writers left unsynced writes (the first opener syncs them;
+/// carried so that it need not read `.state` again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Use it.
-    Ready(Found),
+    /// Use it. `unmarked`: no marker yet, a new cache (the first opener writes it).
+    Ready { unmarked: bool, dirty: bool },
     /// Move its index from format 1 to this build's format first.
-    Migrate(Found),
+    Migrate { dirty: bool },
     /// Reset it first, for this reason.
     Reset(&'static str),
-}
-
-/// What the check of a usable cache found, so the first opener need not look again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Found {
-    /// No marker yet: a new cache (the first opener writes it).
-    pub(crate) unmarked: bool,
-    /// `.state` says this boot's writers left unsynced writes (the first opener syncs).
-    pub(crate) dirty: bool,
 }
 
 /// What the first opener must still do after [`Paths::recover`].
@@ -126,11 +119,10 @@ impl Paths {
             }
             (state, _) => matches!(state, State::Dirty { .. }),
         };
-        let found = Found { unmarked, dirty };
         Ok(if format_1 {
-            Verdict::Migrate(found)
+            Verdict::Migrate { dirty }
         } else {
-            Verdict::Ready(found)
+            Verdict::Ready { unmarked, dirty }
         })
     }
 
@@ -153,11 +145,11 @@ impl Paths {
                 self.reset(why)?; // a reset cache is clean, of this build's format, marked
                 Recovered::default()
             }
-            Verdict::Migrate(Found { dirty, .. }) => Recovered {
+            Verdict::Migrate { dirty } => Recovered {
                 migrate: true,
                 dirty,
             },
-            Verdict::Ready(Found { unmarked, dirty }) => {
+            Verdict::Ready { unmarked, dirty } => {
                 if unmarked {
                     self.write_marker(MARKER_TEXT)?;
                 }
