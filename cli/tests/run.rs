@@ -631,3 +631,19 @@ fn concurio_log_and_verbosity_choose_what_is_logged() {
     let invalid = stderr_of(Some("[[nonsense"), &[]);
     assert!(!debug_line(&invalid), "an invalid CONCURIO_LOG: {invalid}");
 }
+
+/// A run leaves its cache open for the kernel to close at exit (cheaper than LMDB's close):
+/// the library's exit hook must still flush what it stored, so `.state` says clean once
+/// the process is gone, and the next process replays the result.
+#[test]
+fn a_run_that_stores_leaves_the_cache_flushed_at_exit() {
+    let sb = Sandbox::new();
+    let argv = counted("echo stored");
+    let args = run_args(&["--ttl", "1h"], &argv);
+    assert_eq!(sb.ok(&args), "stored\n");
+    let state =
+        std::fs::read_to_string(sb.path().join("dbx_concurio/run/.state")).expect("read .state");
+    assert!(state.trim_end().ends_with(" clean"), "state: {state:?}");
+    assert_eq!(sb.ok(&args), "stored\n");
+    assert_eq!(sb.runs(), 1);
+}
